@@ -1,0 +1,263 @@
+"""Import one landed upload: parse in chunks, validate, stage, merge, journal — all or nothing."""
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Connection, Engine
+
+from etl_assets.services import journal
+from etl_assets.services.companies import CompanyOptions
+from etl_assets.services.contract import KINDS, Kind
+from etl_assets.services.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
+from etl_assets.warehouse.loading import loader_for
+
+SAMPLE_SIZE = 10
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """Limits of an import."""
+
+    max_invalid_fraction: float = 0.05
+    chunk_rows: int = 100_000
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem in one cell."""
+
+    row: int
+    column: str
+    value: str
+    reason: str
+
+
+@dataclass
+class ImportResult:
+    """What an import did; `status` is `completed` or `rejected`."""
+
+    upload_id: str
+    company: str
+    kind: Kind
+    status: str = "completed"
+    rows_read: int = 0
+    rows_imported: int = 0
+    rows_updated: int = 0
+    rows_rejected: int = 0
+    orphan_skus: int = 0
+    orphan_sample: list[str] = field(default_factory=list)
+    extra_columns: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    reject_sample: list[RowError] = field(default_factory=list)
+    rejects_path: str | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def rows_unchanged(self) -> int:
+        if self.status != "completed":
+            return 0
+        return self.rows_read - self.rows_rejected - self.rows_imported - self.rows_updated
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds else 0.0
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.messages)
+
+    def outcome(self) -> journal.Outcome:
+        return journal.Outcome(
+            status="completed" if self.status == "completed" else "rejected",
+            rows_read=self.rows_read,
+            rows_imported=self.rows_imported,
+            rows_updated=self.rows_updated,
+            rows_rejected=self.rows_rejected,
+            message=self.message,
+        )
+
+
+class _TooManyInvalid(Exception):
+    """Raised inside the transaction to roll it back."""
+
+
+class _RejectsWriter:
+    """Streams invalid rows to a CSV that only appears (atomically) if there were any."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        self.count = 0
+        self.sample: list[RowError] = []
+        self._file = None
+        self._writer = None
+
+    def write(self, errors: Iterable[RowError]) -> None:
+        for error in errors:
+            if self._writer is None:
+                self.partial.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115
+                self._writer = csv.writer(self._file)
+                self._writer.writerow(ERROR_COLUMNS)
+            self._writer.writerow([error.row, error.column, error.value, error.reason])
+            if len(self.sample) < SAMPLE_SIZE:
+                self.sample.append(error)
+            self.count += 1
+
+    def keep(self) -> str | None:
+        if self._file is None:
+            return None
+        self._file.close()
+        self.partial.replace(self.path)
+        return str(self.path)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self.partial.unlink(missing_ok=True)
+
+
+def _frame_errors(errors: pd.DataFrame) -> Iterable[RowError]:
+    for row, column, value, reason in errors.itertuples(index=False):
+        yield RowError(int(row), str(column), str(value), str(reason))
+
+
+def import_upload(
+    engine: Engine,
+    path: Path,
+    *,
+    upload_id: str,
+    company: str,
+    kind: Kind,
+    options: CompanyOptions,
+    rejects_path: Path,
+    settings: ImportSettings,
+    run_id: str | None,
+    log: logging.Logger,
+) -> ImportResult:
+    """Import one upload and journal the outcome.
+
+    Bad input is not an exception: the result says `rejected` and why. Anything else (the
+    warehouse is down, a bug) marks the journal row `failed` and re-raises, so the step fails
+    and can be retried; nothing is written in either case.
+    """
+    journal.mark_processing(engine, upload_id, run_id)
+    result = ImportResult(upload_id=upload_id, company=company, kind=kind)
+    rejects = _RejectsWriter(rejects_path)
+    started = time.perf_counter()
+    log.info(
+        f"import {upload_id}: {kind} for {company} from {path.name} "
+        f"({path.stat().st_size / 1e6:.1f} MB)"
+    )
+    try:
+        with engine.begin() as conn:
+            _load(conn, path, result, rejects, options, settings, log)
+            result.seconds = time.perf_counter() - started
+            journal.finish(conn, upload_id, result.outcome())
+        result.rejects_path = rejects.keep()
+    except (StructuralError, _TooManyInvalid) as exc:
+        if isinstance(exc, StructuralError):
+            rejects.discard()
+            result.messages.append(f"rejected whole upload: {exc}")
+        else:
+            result.rejects_path = rejects.keep()
+        result.status = "rejected"
+        result.rows_imported = result.rows_updated = 0
+        result.seconds = time.perf_counter() - started
+        with engine.begin() as conn:
+            journal.finish(conn, upload_id, result.outcome())
+    except Exception as exc:
+        rejects.discard()
+        journal.mark_failed(engine, upload_id, f"{type(exc).__name__}: {exc}")
+        raise
+    result.reject_sample = rejects.sample
+    log.info(
+        f"import {upload_id}: {result.status}; read {result.rows_read}, imported "
+        f"{result.rows_imported}, updated {result.rows_updated}, unchanged {result.rows_unchanged}, "
+        f"rejected {result.rows_rejected} in {result.seconds:.1f}s "
+        f"({result.rows_per_second:,.0f} rows/s)"
+    )
+    return result
+
+
+def _load(
+    conn: Connection,
+    path: Path,
+    result: ImportResult,
+    rejects: _RejectsWriter,
+    options: CompanyOptions,
+    settings: ImportSettings,
+    log: logging.Logger,
+) -> None:
+    spec = KINDS[result.kind]
+    header = read_header(path, options, full_scan=True)
+    result.encoding, result.delimiter = header.encoding, header.delimiter
+    if header.kind != spec.name:
+        raise StructuralError(
+            f"header looks like {header.kind or 'no known kind'}, not {spec.name}"
+        )
+    missing = [c for c in spec.required if c not in header.columns]
+    if missing:
+        raise StructuralError(f"missing required column(s): {', '.join(missing)}")
+    result.extra_columns = [
+        raw
+        for raw, name in zip(header.raw, header.columns, strict=True)
+        if name not in spec.column_names
+    ]
+    loader = loader_for(conn, spec)
+    parse = None
+    invalid = 0
+    for number, chunk in enumerate(iter_chunks(path, header, spec, settings.chunk_rows), start=1):
+        if parse is None:
+            parse = resolve_settings(
+                chunk,
+                spec,
+                header.delimiter,
+                options.decimal,
+                options.date_format,
+                options.timezone,
+            )
+        validated = validate_chunk(chunk, spec, parse)
+        rejects.write(_frame_errors(validated.errors))
+        loader.stage(validated.staged)
+        result.rows_read += validated.rows_read
+        invalid += validated.rows_invalid
+        log.info(f"chunk {number}: {result.rows_read:,} rows read, {invalid:,} invalid so far")
+    if result.rows_read == 0:
+        raise StructuralError("no data rows (the file has a header only)")
+    rejects.write(
+        RowError(d.row, spec.key, d.key, f"duplicate of row {d.first_row}")
+        for d in loader.duplicates()
+    )
+    result.rows_rejected = invalid + loader.exclude_duplicates()
+    if result.extra_columns:
+        result.messages.append(f"ignored extra columns: {', '.join(result.extra_columns)}")
+    fraction = result.rows_rejected / result.rows_read
+    if fraction > settings.max_invalid_fraction:
+        result.messages.insert(
+            0,
+            f"rejected whole upload: {result.rows_rejected} of {result.rows_read} rows invalid "
+            f"({fraction:.1%} > {settings.max_invalid_fraction:.1%}); nothing imported",
+        )
+        raise _TooManyInvalid
+    counts = loader.merge(result.company, result.upload_id, journal.now_utc())
+    result.rows_imported, result.rows_updated = counts.imported, counts.updated
+    if spec.name == "sales":
+        result.orphan_skus, result.orphan_sample = loader.orphan_skus(result.company)
+    loader.drop()
+    result.messages.insert(
+        0,
+        f"imported {result.rows_imported}, updated {result.rows_updated}, "
+        f"unchanged {result.rows_unchanged}, rejected {result.rows_rejected}",
+    )
+    if result.orphan_skus:
+        result.messages.append(f"{result.orphan_skus} SKU(s) not in products yet")

@@ -1,0 +1,132 @@
+"""Warehouse tables (SQLAlchemy Core), identical on PostgreSQL and SQLite."""
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Dialect,
+    Engine,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+)
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC timestamps on both dialects (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: warehouse timestamps must be aware")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
+KEY = String(64)
+MONEY = Numeric(12, 2)
+TIMESTAMP = UtcDateTime()
+
+products = Table(
+    "products",
+    metadata,
+    Column("company", String(63), primary_key=True),
+    Column("sku", KEY, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("category", Text, nullable=False),
+    Column("brand", Text),
+    Column("unit_price", MONEY, nullable=False),
+    Column("stock_quantity", BigInteger, nullable=False),
+    Column("upload_id", String(128), nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+sales = Table(
+    "sales",
+    metadata,
+    Column("company", String(63), primary_key=True),
+    Column("transaction_id", KEY, primary_key=True),
+    Column("sold_at", TIMESTAMP, nullable=False, index=True),
+    Column("sku", KEY, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("unit_price", MONEY, nullable=False),
+    Column("customer_id", Text),
+    Column("upload_id", String(128), nullable=False),
+    Column("updated_at", TIMESTAMP, nullable=False),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("upload_id", String(128), primary_key=True),
+    Column("company", String(63), index=True),
+    Column("original_name", Text, nullable=False),
+    Column("sha256", String(64), index=True),
+    Column("kind", String(16)),
+    Column("source", Text),
+    Column("status", String(16), nullable=False, index=True),
+    Column("rows_read", Integer),
+    Column("rows_imported", Integer),
+    Column("rows_updated", Integer),
+    Column("rows_rejected", Integer),
+    Column("received_at", TIMESTAMP, nullable=False),
+    Column("started_at", TIMESTAMP),
+    Column("finished_at", TIMESTAMP),
+    Column("run_id", String(64)),
+    Column("message", Text),
+)
+
+TABLES = {"products": products, "sales": sales}
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the warehouse.
+
+    SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE`, so two import steps running at once
+    queue for the write lock instead of failing with "database is locked" on lock upgrade.
+    """
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables; safe to call on every start and from many processes."""
+    metadata.create_all(engine, checkfirst=True)
