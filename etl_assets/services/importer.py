@@ -4,6 +4,7 @@ import csv
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,7 @@ class _RejectsWriter:
         self.partial = path.with_name(f".{path.name}.{os.getpid()}.part")
         self.count = 0
         self.sample: list[RowError] = []
+        self.reasons: Counter[tuple[str, str]] = Counter()
         self._file = None
         self._writer = None
 
@@ -111,7 +113,12 @@ class _RejectsWriter:
             self._writer.writerow([error.row, error.column, error.value, error.reason])
             if len(self.sample) < SAMPLE_SIZE:
                 self.sample.append(error)
+            self.reasons[error.column, error.reason] += 1
             self.count += 1
+
+    def most_common(self) -> str:
+        (column, reason), count = self.reasons.most_common(1)[0]
+        return f"most common problem: {column} {reason} ({count} rows)"
 
     def keep(self) -> str | None:
         if self._file is None:
@@ -181,10 +188,8 @@ def import_upload(
         raise
     result.reject_sample = rejects.sample
     log.info(
-        f"import {upload_id}: {result.status}; read {result.rows_read}, imported "
-        f"{result.rows_imported}, updated {result.rows_updated}, unchanged {result.rows_unchanged}, "
-        f"rejected {result.rows_rejected} in {result.seconds:.1f}s "
-        f"({result.rows_per_second:,.0f} rows/s)"
+        f"import {upload_id}: {result.status}, {result.rows_read:,} rows read in "
+        f"{result.seconds:.1f}s ({result.rows_per_second:,.0f} rows/s): {result.message}"
     )
     return result
 
@@ -239,6 +244,8 @@ def _load(
         for d in loader.duplicates()
     )
     result.rows_rejected = invalid + loader.exclude_duplicates()
+    if result.rows_rejected:
+        result.messages.append(rejects.most_common())
     if result.extra_columns:
         result.messages.append(f"ignored extra columns: {', '.join(result.extra_columns)}")
     fraction = result.rows_rejected / result.rows_read

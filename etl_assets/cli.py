@@ -1,0 +1,96 @@
+"""`etl-assets`: place a file in the inbox atomically, or run the end-to-end demo."""
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from etl_assets.services.contract import COMPANY_SLUG, upload_suffix
+
+
+class UploadError(Exception):
+    """The file cannot be placed in the inbox."""
+
+
+def default_inbox() -> Path:
+    """`ETL_INBOX_DIR`, else `$ETL_DATA_DIR/inbox`, else `./data/inbox`."""
+    if os.environ.get("ETL_INBOX_DIR"):
+        return Path(os.environ["ETL_INBOX_DIR"])
+    return Path(os.environ.get("ETL_DATA_DIR") or "data") / "inbox"
+
+
+def place_upload(source: Path, company: str, inbox: Path) -> Path:
+    """Copy `source` to `<inbox>/<company>/` under a hidden temporary name, then rename it.
+
+    The sensor ignores hidden and `.part` names, so it only ever sees the complete file.
+    """
+    if not COMPANY_SLUG.fullmatch(company):
+        raise UploadError(
+            f"invalid company {company!r}: use lowercase letters, digits, '-' and '_' "
+            "(1-63 characters, starting with a letter or digit)"
+        )
+    if upload_suffix(source.name) is None:
+        raise UploadError(f"{source}: unsupported file type (use .csv, .csv.gz or .xlsx)")
+    if not source.is_file():
+        raise UploadError(f"{source}: no such file")
+    try:
+        with open(source, "rb"):
+            pass
+    except OSError as exc:
+        raise UploadError(f"{source}: cannot read: {exc.strerror}") from exc
+    directory = inbox / company
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = directory / f".{source.name}.{uuid.uuid4().hex}.part"
+    try:
+        with open(source, "rb") as src, open(partial, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+            dst.flush()
+            os.fsync(dst.fileno())
+        target = directory / source.name
+        if target.exists():
+            # An earlier file of that name is still waiting: keep both.
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+            suffix = upload_suffix(source.name) or ""
+            target = directory / f"{source.name[: -len(suffix)]}-{stamp}{suffix}"
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _upload(args: argparse.Namespace) -> int:
+    try:
+        target = place_upload(Path(args.file), args.company, Path(args.inbox))
+    except UploadError as exc:
+        print(f"etl-assets upload: {exc}", file=sys.stderr)
+        return 2
+    print(target)
+    return 0
+
+
+def _demo(_args: argparse.Namespace) -> int:
+    from etl_assets.demo import run_demo  # imports Dagster: keep `upload` fast
+
+    return run_demo()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `etl-assets` command."""
+    parser = argparse.ArgumentParser(prog="etl-assets", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    upload = commands.add_parser("upload", help="place a file in the inbox atomically")
+    upload.add_argument("file", help=".csv, .csv.gz or .xlsx file")
+    upload.add_argument("--company", required=True, help="company slug (the tenant)")
+    upload.add_argument("--inbox", default=str(default_inbox()), help="inbox directory")
+    upload.set_defaults(handler=_upload)
+    demo = commands.add_parser("demo", help="generate sample uploads and import them")
+    demo.set_defaults(handler=_demo)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

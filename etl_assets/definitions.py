@@ -1,0 +1,63 @@
+"""The code location: every asset, job, sensor and resource, wired from the environment.
+
+This is the one module that reads environment variables to choose wiring; resources get
+`EnvVar`s, so values are resolved where each step runs and never appear in run config.
+"""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from etl_assets.defs.imports.assets import (
+    product_uploads,
+    products_import_job,
+    sales_import_job,
+    sales_uploads,
+)
+from etl_assets.defs.imports.sensors import upload_sensor
+from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
+
+
+def _env(name: str, default: str | None) -> str | dg.EnvVar | None:
+    """The variable as an `EnvVar` when it is set, else the documented default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _float_env(name: str, default: float) -> float:
+    # Dagster config has no float EnvVar, so this one is parsed here, with a clear error.
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def build_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources for the current environment (see README, "Environment")."""
+    data_dir = str(Path(os.environ.get("ETL_DATA_DIR") or "data").resolve())
+    return {
+        "warehouse": WarehouseResource(
+            url=_env("ETL_WAREHOUSE_URL", f"sqlite:///{data_dir}/warehouse.db")
+        ),
+        "storage": StorageResource(
+            data_dir=_env("ETL_DATA_DIR", data_dir), inbox_dir=_env("ETL_INBOX_DIR", None)
+        ),
+        "import_settings": ImportSettingsResource(
+            companies_file=_env("ETL_COMPANIES_FILE", None),
+            settle_seconds=(
+                dg.EnvVar.int("ETL_SETTLE_SECONDS") if os.environ.get("ETL_SETTLE_SECONDS") else 5
+            ),
+            max_invalid_fraction=_float_env("ETL_MAX_INVALID_FRACTION", 0.05),
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=[product_uploads, sales_uploads],
+    jobs=[products_import_job, sales_import_job],
+    sensors=[upload_sensor],
+    resources=build_resources(),
+)
