@@ -8,6 +8,7 @@ import dagster as dg
 from etl_assets.defs.imports.assets import IMPORT_JOB_NAMES, products_import_job, sales_import_job
 from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
+from etl_assets.services.contract import Kind
 from etl_assets.services.registration import pending_imports, scan_inbox
 
 
@@ -44,7 +45,7 @@ def upload_sensor(
         now=time.time(),
     )
     pending = pending_imports(engine, paths)
-    new_keys: dict[str, list[str]] = {}
+    new_keys: dict[Kind, list[str]] = {}
     for upload in pending:
         partitions = PARTITIONS_BY_KIND[upload.kind]
         if not context.instance.has_dynamic_partition(partitions.name, upload.upload_id):
@@ -54,12 +55,7 @@ def upload_sensor(
             f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
             f"duplicates {len(scan.duplicates)}, waiting to settle {scan.waiting}"
         )
-    previous = _max_mtime(context.cursor)
-    newest = (
-        max(m for m in (previous, scan.max_mtime) if m is not None)
-        if (previous is not None or scan.max_mtime is not None)
-        else None
-    )
+    seen = [m for m in (_max_mtime(context.cursor), scan.max_mtime) if m is not None]
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
@@ -75,8 +71,7 @@ def upload_sensor(
             for upload in pending
         ],
         dynamic_partitions_requests=[
-            PARTITIONS_BY_KIND[kind].build_add_request(keys)
-            for kind, keys in new_keys.items()  # type: ignore[index]
+            PARTITIONS_BY_KIND[kind].build_add_request(keys) for kind, keys in new_keys.items()
         ],
-        cursor=json.dumps({"max_mtime": newest}) if newest is not None else context.cursor,
+        cursor=json.dumps({"max_mtime": max(seen)}) if seen else context.cursor,
     )
