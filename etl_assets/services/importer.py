@@ -161,11 +161,11 @@ def import_upload(
     result = ImportResult(upload_id=upload_id, company=company, kind=kind)
     rejects = _RejectsWriter(rejects_path)
     started = time.perf_counter()
-    log.info(
-        f"import {upload_id}: {kind} for {company} from {path.name} "
-        f"({path.stat().st_size / 1e6:.1f} MB)"
-    )
     try:
+        log.info(
+            f"import {upload_id}: {kind} for {company} from {path.name} "
+            f"({path.stat().st_size / 1e6:.1f} MB)"
+        )
         with engine.begin() as conn:
             _load(conn, path, result, rejects, options, settings, log)
             result.seconds = time.perf_counter() - started
