@@ -1,7 +1,9 @@
 """`etl-assets`: place a file in the inbox atomically, or run the end-to-end demo."""
 
 import argparse
+import contextlib
 import datetime as dt
+import itertools
 import os
 import shutil
 import sys
@@ -34,31 +36,52 @@ def place_upload(source: Path, company: str, inbox: Path) -> Path:
         )
     if upload_suffix(source.name) is None:
         raise UploadError(f"{source}: unsupported file type (use .csv, .csv.gz or .xlsx)")
-    if not source.is_file():
+    if not source.exists():
         raise UploadError(f"{source}: no such file")
+    if not source.is_file():
+        raise UploadError(f"{source}: not a regular file")
     try:
         with open(source, "rb"):
             pass
     except OSError as exc:
         raise UploadError(f"{source}: cannot read: {exc.strerror}") from exc
     directory = inbox / company
-    directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{source.name}.{uuid.uuid4().hex}.part"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         with open(source, "rb") as src, open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
             dst.flush()
             os.fsync(dst.fileno())
-        target = directory / source.name
-        if target.exists():
-            # An earlier file of that name is still waiting: keep both.
-            stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-            suffix = upload_suffix(source.name) or ""
-            target = directory / f"{source.name[: -len(suffix)]}-{stamp}{suffix}"
-        os.replace(partial, target)
+        return _publish(partial, directory, source.name)
+    except OSError as exc:
+        raise UploadError(f"cannot place {source.name} in {directory}: {exc.strerror}") from exc
     finally:
-        partial.unlink(missing_ok=True)
-    return target
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            partial.unlink()
+
+
+def _publish(partial: Path, directory: Path, name: str) -> Path:
+    """Give the complete file its final name, never replacing a file already waiting there.
+
+    `os.link` fails when the name exists, so a clash (an earlier upload of that name, or
+    another uploader at the same moment) moves on to the next name instead of overwriting.
+    """
+    suffix = upload_suffix(name) or ""
+    stem = name[: len(name) - len(suffix)]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    names = itertools.chain(
+        [name, f"{stem}-{stamp}{suffix}"],
+        (f"{stem}-{stamp}-{n}{suffix}" for n in itertools.count(2)),
+    )
+    for candidate in names:
+        target = directory / candidate
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            continue
+        return target
+    raise AssertionError("unreachable: the candidate names never run out")
 
 
 def _upload(args: argparse.Namespace) -> int:

@@ -24,15 +24,18 @@ def _env(name: str, default: str | None) -> str | dg.EnvVar | None:
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 
-def _float_env(name: str, default: float) -> float:
+def _fraction_env(name: str, default: float) -> float:
     # Dagster config has no float EnvVar, so this one is parsed here, with a clear error.
     raw = os.environ.get(name)
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+        raise ValueError(f"{name} must be a number between 0 and 1, got {raw!r}") from exc
+    if not 0 <= value <= 1:  # also false for nan
+        raise ValueError(f"{name} must be a number between 0 and 1, got {raw!r}")
+    return value
 
 
 def build_resources() -> dict[str, dg.ConfigurableResource]:
@@ -50,7 +53,7 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             settle_seconds=(
                 dg.EnvVar.int("ETL_SETTLE_SECONDS") if os.environ.get("ETL_SETTLE_SECONDS") else 5
             ),
-            max_invalid_fraction=_float_env("ETL_MAX_INVALID_FRACTION", 0.05),
+            max_invalid_fraction=_fraction_env("ETL_MAX_INVALID_FRACTION", 0.05),
         ),
     }
 

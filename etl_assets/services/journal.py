@@ -76,10 +76,13 @@ def with_status(conn: Connection, status: Status, limit: int) -> list[UploadReco
     return [UploadRecord(**row) for row in rows]
 
 
-def count_duplicates(conn: Connection, upload_id: str) -> int:
+def count_duplicates(conn: Connection, original: UploadRecord) -> int:
     """How many byte-identical re-drops of an upload were journalled."""
-    pattern = f"{upload_id}.dup-%"
-    query = select(func.count()).where(uploads.c.upload_id.like(pattern))
+    query = select(func.count()).where(
+        uploads.c.status == "duplicate",
+        uploads.c.company == original.company,
+        uploads.c.sha256 == original.sha256,
+    )
     return int(conn.execute(query).scalar_one())
 
 

@@ -52,6 +52,7 @@ class ScanResult:
     duplicates: list[str] = field(default_factory=list)
     waiting: int = 0
     max_mtime: float | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 def upload_id_for(company: str, sha256: str) -> str:
@@ -68,12 +69,24 @@ def scan_inbox(
     now: float,
     limit: int = 200,
 ) -> ScanResult:
-    """Register settled files under `<inbox>/<company>/`, at most `limit` per scan."""
+    """Register settled files under `<inbox>/<company>/`, at most `limit` per scan.
+
+    A file that cannot be read is rejected; one that cannot even be moved is reported in
+    `errors` and left for the next scan, so one bad file never blocks the others.
+    """
     scan = ScanResult()
     for path, company in _candidates(paths.inbox):
         if len(scan.registered) + len(scan.rejected) + len(scan.duplicates) >= limit:
             break
-        _register(engine, paths, company_options, path, company, settle_seconds, now, scan)
+        try:
+            _register(engine, paths, company_options, path, company, settle_seconds, now, scan)
+        except OSError as exc:
+            try:
+                st = path.lstat()
+                reason = f"unreadable: {exc.strerror or exc}"
+                scan.rejected.append(_reject(engine, paths, path, company, reason, st))
+            except OSError as again:
+                scan.errors.append(f"{path}: {again}")
     return scan
 
 
@@ -258,7 +271,8 @@ def _reject(
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     upload_id = f"rejected.{stamp}.{uuid.uuid4().hex[:8]}"
     paths.rejected.mkdir(parents=True, exist_ok=True)
-    target = paths.rejected / f"{upload_id}__{path.name}"
+    # Keep the name's end (its suffix) and stay well under the 255-byte name limit.
+    target = paths.rejected / f"{upload_id}__{path.name[-150:]}"
     shutil.move(path, target)
     source = _source(paths.inbox, path, st)
     target.with_name(f"{target.name}.reason.txt").write_text(
@@ -293,7 +307,7 @@ def _duplicate(
 ) -> str:
     """Journal a byte-identical re-drop; its bytes are already landed, so the copy goes."""
     with engine.begin() as conn:
-        number = journal.count_duplicates(conn, existing.upload_id) + 1
+        number = journal.count_duplicates(conn, existing) + 1
         upload_id = f"{existing.upload_id}.dup-{number}"
         journal.record(
             conn,

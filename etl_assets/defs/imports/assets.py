@@ -79,7 +79,10 @@ def _import(
     with engine.connect() as conn:
         record = journal.get(conn, upload_id)
     if record is None or record.company is None:
-        raise dg.Failure(f"upload {upload_id!r} is not in the journal; was it registered?")
+        # Not transient: retrying cannot make an unregistered upload appear.
+        raise dg.Failure(
+            f"upload {upload_id!r} is not in the journal; was it registered?", allow_retries=False
+        )
     result = import_upload(
         engine,
         landing_path(paths, record),
@@ -135,13 +138,11 @@ def sales_uploads(
 products_import_job = dg.define_asset_job(
     "products_import_job",
     selection=[product_uploads],
-    partitions_def=product_upload_partitions,
     description="Import one products upload (partition = upload id).",
 )
 sales_import_job = dg.define_asset_job(
     "sales_import_job",
     selection=[sales_uploads],
-    partitions_def=sales_upload_partitions,
     description="Import one sales upload (partition = upload id).",
 )
 IMPORT_JOB_NAMES: dict[Kind, str] = {

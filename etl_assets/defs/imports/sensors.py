@@ -55,6 +55,8 @@ def upload_sensor(
             f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
             f"duplicates {len(scan.duplicates)}, waiting to settle {scan.waiting}"
         )
+    for error in scan.errors:
+        context.log.warning(f"left in the inbox, will retry: {error}")
     seen = [m for m in (_max_mtime(context.cursor), scan.max_mtime) if m is not None]
     return dg.SensorResult(
         run_requests=[

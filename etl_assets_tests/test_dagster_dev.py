@@ -1,0 +1,201 @@
+"""Integration: `dagster dev -m etl_assets.definitions` imports dropped files with no click."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import psutil
+import pytest
+from sqlalchemy import Engine, exc, func, select
+
+from etl_assets.cli import place_upload
+from etl_assets.samples import products_frame, sales_frame, write_csv
+from etl_assets.warehouse.schema import make_engine, products, sales, uploads
+
+DEADLINE_SECONDS = 150
+STOP_SECONDS = 30
+
+
+@dataclass
+class DagsterDev:
+    """A running `dagster dev` and everything it started."""
+
+    process: subprocess.Popen
+    home: Path
+    data: Path
+    port: int
+    log: Path
+    seen: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def remember_processes(self) -> None:
+        """Note every process of this `dagster dev` (runs come and go, so call this often)."""
+        for process in _ours(self.home):
+            self.seen.setdefault(process.pid, process)
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> list[str]:
+        """Signal the process group, wait for it, and return what is still alive (if anything)."""
+        self.remember_processes()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=STOP_SECONDS)
+        _, alive = psutil.wait_procs(list(self.seen.values()), timeout=STOP_SECONDS)
+        alive += [p for p in _ours(self.home) if p.pid not in {a.pid for a in alive}]
+        stray = [f"{p.pid} {' '.join(_cmdline(p))}" for p in alive]
+        for process in alive:
+            process.kill()
+        return stray
+
+
+def _ours(home: Path) -> list[psutil.Process]:
+    """Processes started with this test's DAGSTER_HOME, wherever they sit in the tree."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("DAGSTER_HOME") == str(home):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return ["?"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "DAGSTER_"))}
+    env.update(DAGSTER_HOME=str(home), ETL_DATA_DIR=str(data), ETL_SETTLE_SECONDS="1")
+    port = _free_port()
+    log = tmp_path / "dagster-dev.log"
+    dagster = Path(sys.executable).parent / "dagster"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [
+                str(dagster),
+                "dev",
+                "-m",
+                "etl_assets.definitions",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                f"{port}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running = DagsterDev(process=process, home=home, data=data, port=port, log=log)
+    try:
+        yield running
+    finally:
+        stray = running.stop()
+        assert stray == [], f"processes left behind: {stray}"
+
+
+def _journal(engine: Engine) -> dict[str, tuple[str, int | None, str | None]]:
+    """original name -> (status, rows imported, run id); empty until the sensor made the table."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    uploads.c.original_name,
+                    uploads.c.status,
+                    uploads.c.rows_imported,
+                    uploads.c.run_id,
+                )
+            ).all()
+    except exc.OperationalError:
+        return {}
+    return {name: (status, imported, run_id) for name, status, imported, run_id in rows}
+
+
+def test_dropped_files_are_imported_without_a_click(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    catalogue = products_frame(30, seed=21)
+    sold = sales_frame(45, seed=22, skus=30)
+    exports = tmp_path / "exports"
+    dropped = {
+        place_upload(
+            write_csv(catalogue, exports / "products.csv"), "acme", dagster_dev.data / "inbox"
+        ).name: len(catalogue),
+        place_upload(
+            write_csv(sold, exports / "sales.csv"), "acme", dagster_dev.data / "inbox"
+        ).name: len(sold),
+    }
+    started = time.monotonic()
+    engine = make_engine(f"sqlite:///{dagster_dev.data}/warehouse.db")
+    tick = threading.Event()
+
+    journal: dict[str, tuple[str, int | None, str | None]] = {}
+    while time.monotonic() - started < DEADLINE_SECONDS:
+        dagster_dev.remember_processes()
+        assert dagster_dev.process.poll() is None, dagster_dev.log_tail()
+        if (dagster_dev.data / "warehouse.db").exists():
+            journal = _journal(engine)
+        if set(journal) == set(dropped) and all(
+            status not in ("received", "processing") for status, _, _ in journal.values()
+        ):
+            break
+        tick.wait(0.5)
+    elapsed = time.monotonic() - started
+    print(f"\ndagster dev: both uploads finished {elapsed:.1f}s after the drop")
+
+    assert {name: status for name, (status, _, _) in journal.items()} == {
+        name: "completed" for name in dropped
+    }, dagster_dev.log_tail()
+    assert {name: imported for name, (_, imported, _) in journal.items()} == dropped
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(products)).scalar_one() == len(
+            catalogue
+        )
+        assert conn.execute(select(func.count()).select_from(sales)).scalar_one() == len(sold)
+    engine.dispose()
+
+    with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
+        for name, (_, _, run_id) in journal.items():
+            run = instance.get_run_by_id(run_id or "")
+            assert run is not None
+            assert run.job_name == ("products" if "products" in name else "sales") + "_import_job"
+            assert run.tags["etl/company"] == "acme"
+            assert run.tags["dagster/partition"] == run.tags["etl/upload_id"]
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{dagster_dev.port}/server_info") as response:
+        assert response.status == 200
+
+    # Webserver, daemon, code servers, run workers: all must go when the group is signalled.
+    assert len(dagster_dev.seen) >= 3
+    assert dagster_dev.stop() == []
+    assert dagster_dev.process.returncode == 0, dagster_dev.log_tail()

@@ -1,0 +1,156 @@
+"""The whole code location: what `dagster dev -m etl_assets.definitions` loads, and its settings."""
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from etl_assets.definitions import build_resources, defs
+
+ETL_VARIABLES = [
+    "ETL_DATA_DIR",
+    "ETL_INBOX_DIR",
+    "ETL_WAREHOUSE_URL",
+    "ETL_COMPANIES_FILE",
+    "ETL_SETTLE_SECONDS",
+    "ETL_MAX_INVALID_FRACTION",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No ETL_* variables, and a working directory of our own for the relative defaults."""
+    for name in ETL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def test_definitions_load() -> None:
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_assets_and_checks() -> None:
+    graph = defs.resolve_asset_graph()
+
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        "product_uploads",
+        "sales_uploads",
+    }
+    assert {graph.get(key).group_name for key in graph.get_all_asset_keys()} == {"imports"}
+    assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
+        ("product_uploads", "validation"),
+        ("sales_uploads", "validation"),
+        ("sales_uploads", "orphan_skus"),
+    }
+    for name in ("product_uploads", "sales_uploads"):
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition)
+        assert partitions.name == name
+
+
+@pytest.mark.parametrize(
+    ("job_name", "asset", "partitions"),
+    [
+        ("products_import_job", "product_uploads", "product_uploads"),
+        ("sales_import_job", "sales_uploads", "sales_uploads"),
+    ],
+)
+def test_import_jobs(job_name: str, asset: str, partitions: str) -> None:
+    job = defs.resolve_job_def(job_name)
+
+    assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)
+    assert job.partitions_def.name == partitions
+    assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {asset}
+
+
+def test_upload_sensor_runs_by_default() -> None:
+    sensor = defs.resolve_sensor_def("upload_sensor")
+
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sorted(target.job_name for target in sensor.targets) == [
+        "products_import_job",
+        "sales_import_job",
+    ]
+    assert sensor.required_resource_keys == {"warehouse", "storage", "import_settings"}
+    assert [s.name for s in defs.sensors or []] == ["upload_sensor"]
+
+
+def test_resources_cover_every_requirement() -> None:
+    assert set(defs.resources or {}) == {"warehouse", "storage", "import_settings"}
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        # `io_manager` is Dagster's default; the assets return MaterializeResult, never outputs.
+        required = graph.assets_def_for_key(key).required_resource_keys - {"io_manager"}
+        assert required == {"warehouse", "storage", "import_settings"}
+
+
+def test_build_resources_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with dg.build_resources(build_resources()) as resolved:
+        data = tmp_path / "data"
+        assert resolved.warehouse.url == f"sqlite:///{data}/warehouse.db"
+        paths = resolved.storage.paths()
+        assert (paths.data_dir, paths.inbox) == (data, data / "inbox")
+        assert resolved.import_settings.settle_seconds == 5
+        assert resolved.import_settings.max_invalid_fraction == 0.05
+        assert resolved.import_settings.companies_file is None
+
+
+def test_build_resources_honours_the_environment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    companies = tmp_path / "companies.yaml"
+    companies.write_text("companies:\n  acme:\n    delimiter: ';'\n", encoding="utf-8")
+    clean_env.setenv("ETL_DATA_DIR", str(tmp_path / "elsewhere"))
+    clean_env.setenv("ETL_INBOX_DIR", str(tmp_path / "drop"))
+    clean_env.setenv("ETL_WAREHOUSE_URL", f"sqlite:///{tmp_path}/other.db")
+    clean_env.setenv("ETL_COMPANIES_FILE", str(companies))
+    clean_env.setenv("ETL_SETTLE_SECONDS", "7")
+    clean_env.setenv("ETL_MAX_INVALID_FRACTION", "0.25")
+
+    with dg.build_resources(build_resources()) as resolved:
+        assert resolved.warehouse.url == f"sqlite:///{tmp_path}/other.db"
+        paths = resolved.storage.paths()
+        assert paths.data_dir == tmp_path / "elsewhere"
+        assert paths.inbox == tmp_path / "drop"
+        assert paths.landing == tmp_path / "elsewhere" / "landing"
+        assert resolved.import_settings.settle_seconds == 7
+        assert resolved.import_settings.max_invalid_fraction == 0.25
+        assert resolved.import_settings.company_options()["acme"].delimiter == ";"
+        assert resolved.import_settings.import_settings().max_invalid_fraction == 0.25
+
+
+def test_env_vars_are_resolved_when_resources_are_built(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    clean_env.setenv("ETL_WAREHOUSE_URL", "sqlite:///first.db")
+    resources = build_resources()
+    clean_env.setenv("ETL_WAREHOUSE_URL", f"sqlite:///{tmp_path}/second.db")
+
+    with dg.build_resources(resources) as resolved:
+        assert resolved.warehouse.url == f"sqlite:///{tmp_path}/second.db"
+
+
+@pytest.mark.parametrize("raw", ["five percent", "0,05", "5%", "nan", "inf", "1.5", "-0.1"])
+def test_bad_max_invalid_fraction_names_the_variable(
+    clean_env: pytest.MonkeyPatch, raw: str
+) -> None:
+    clean_env.setenv("ETL_MAX_INVALID_FRACTION", raw)
+
+    with pytest.raises(ValueError, match="ETL_MAX_INVALID_FRACTION must be a number") as error:
+        build_resources()
+
+    assert repr(raw) in str(error.value)
+
+
+def test_bad_settle_seconds_names_the_variable(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("ETL_SETTLE_SECONDS", "soon")
+    resources = build_resources()
+
+    with (
+        pytest.raises(dg.DagsterInvalidConfigError, match="ETL_SETTLE_SECONDS") as error,
+        dg.build_resources(resources),
+    ):
+        pass
+
+    assert "cannot be coerced into an int" in str(error.value)
