@@ -55,7 +55,9 @@ def record(conn: Connection, entry: UploadRecord) -> bool:
     """Insert a journal row unless one with that id exists; True when inserted."""
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     values = {k: v for k, v in entry.__dict__.items()}
-    result = conn.execute(insert(uploads).values(**values).on_conflict_do_nothing())
+    statement = insert(uploads).values(**values).on_conflict_do_nothing()
+    # psycopg 3 reports rowcount -1 for INSERT unless SQLAlchemy is asked to keep it.
+    result = conn.execute(statement.execution_options(preserve_rowcount=True))
     return result.rowcount == 1
 
 

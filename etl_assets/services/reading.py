@@ -189,7 +189,8 @@ def iter_chunks(
         dtype=str,
         keep_default_na=False,
         na_filter=False,
-        skip_blank_lines=True,
+        # Blank lines are kept (then dropped below) so the index stays the editor's line number.
+        skip_blank_lines=False,
         compression="gzip" if str(path).lower().endswith(".gz") else None,
         chunksize=chunk_rows,
         engine="c",
@@ -199,7 +200,8 @@ def iter_chunks(
         for chunk in reader:
             chunk.index = pd.RangeIndex(start, start + len(chunk))
             start += len(chunk)
-            yield chunk.fillna("")
+            chunk = chunk.fillna("")
+            yield chunk[(chunk != "").any(axis=1)]
     except pd.errors.ParserError as exc:
         raise StructuralError(f"malformed CSV: {exc}") from exc
     except UnicodeDecodeError as exc:

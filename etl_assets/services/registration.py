@@ -29,6 +29,7 @@ from etl_assets.services.contract import (
 )
 from etl_assets.services.reading import StructuralError, read_header
 from etl_assets.services.storage import StoragePaths
+from etl_assets.warehouse.schema import lock_for_writing
 
 HASH_BLOCK = 1024 * 1024
 
@@ -307,6 +308,7 @@ def _duplicate(
 ) -> str:
     """Journal a byte-identical re-drop; its bytes are already landed, so the copy goes."""
     with engine.begin() as conn:
+        lock_for_writing(conn)
         number = journal.count_duplicates(conn, existing) + 1
         upload_id = f"{existing.upload_id}.dup-{number}"
         journal.record(

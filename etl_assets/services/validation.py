@@ -17,6 +17,12 @@ from etl_assets.services.contract import KEY_MAX_LENGTH, PRODUCTS, KindSpec
 MAX_PRICE = 9_999_999_999.99
 MAX_QUANTITY = 2**63 - 1
 ERROR_COLUMNS = ["row", "column", "value", "reason"]
+# pandas' "ISO8601" format also takes `2025/03/04`; the contract does not.
+_ISO_8601 = (
+    r"\d{4}-?\d{2}-?\d{2}"
+    r"(?:[T ]\d{2}(?::?\d{2}(?::?\d{2}(?:[.,]\d+)?)?)?)?"
+    r"(?: ?(?:Z|[+-]\d{2}(?::?\d{2})?))?"
+)
 _DECIMAL_COMMA = r"^[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+)(?:,\d+)?$"
 
 
@@ -107,7 +113,7 @@ def resolve_settings(
         decimal = "."
         if delimiter == ";":
             prices = first_chunk.get("unit_price", pd.Series(dtype=str)).str.strip()
-            if prices.str.fullmatch(r"[+-]?\d+,\d+").any():
+            if prices.str.fullmatch(r"[+-]?(?:\d{1,3}(?:\.\d{3})+|\d+),\d+").any():
                 decimal = ","
     return ParseSettings(decimal=decimal, date_format=date_format, timezone=timezone)
 
@@ -125,9 +131,9 @@ def validate_chunk(raw: pd.DataFrame, spec: KindSpec, settings: ParseSettings) -
         if column.type == "text":
             typed[column.name] = values.mask(missing, None)
             continue
-        parsed, reason = _coerce(values, column.type, settings)
+        parsed, reasons = _coerce(values, column.type, settings)
         bad = parsed.isna() & ~missing
-        problems.append(_errors(values, bad, column.name, reason))
+        problems.append(_errors(values, bad, column.name, reasons))
         typed[column.name] = parsed
     frame = pd.DataFrame(typed, index=raw.index)
     if spec is PRODUCTS:
@@ -155,18 +161,25 @@ def _text(raw: pd.DataFrame, column: str) -> pd.Series:
     return pd.Series(stripped, index=raw.index, copy=False)
 
 
-def _coerce(values: pd.Series, kind: str, settings: ParseSettings) -> tuple[pd.Series, str]:
+def _coerce(
+    values: pd.Series, kind: str, settings: ParseSettings
+) -> tuple[pd.Series, str | pd.Series]:
+    """Typed values (NA where a cell does not parse) and the reason, or a reason per row."""
     if kind == "decimal":
         return _decimal(values, settings.decimal), "not a number"
     if kind == "integer":
         numbers = pd.to_numeric(_decimal_text(values, settings.decimal), errors="coerce")
-        integral = numbers.notna() & np.isfinite(numbers) & (numbers % 1 == 0)
+        integral = (
+            numbers.notna() & np.isfinite(numbers) & (numbers % 1 == 0) & (numbers.abs() < 2**63)
+        )
         return numbers.where(integral).astype("Int64"), "not an integer"
     if settings.date_format:
         reason = f"does not match date format {settings.date_format!r}"
     else:
         reason = "not an ISO 8601 date or datetime (set date_format for this company)"
-    return _timestamps(values, settings), reason
+    parsed, not_local = _timestamps(values, settings)
+    local_reason = f"does not exist or is ambiguous in {settings.timezone} (clock change)"
+    return parsed, pd.Series(np.where(not_local, local_reason, reason), index=values.index)
 
 
 def _decimal_text(values: pd.Series, decimal: str) -> pd.Series:
@@ -182,10 +195,17 @@ def _decimal(values: pd.Series, decimal: str) -> pd.Series:
     return numbers.where(np.isfinite(numbers))
 
 
-def _timestamps(values: pd.Series, settings: ParseSettings) -> pd.Series:
-    """Parse to UTC; naive values are in the company's timezone."""
+def _timestamps(values: pd.Series, settings: ParseSettings) -> tuple[pd.Series, pd.Series]:
+    """Parse to UTC; naive values are in the company's timezone.
+
+    Also returns where a naive value parsed but names no single instant locally (a skipped or
+    repeated hour at a daylight-saving change), so the error can say so.
+    """
     result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    not_local = pd.Series(False, index=values.index)
     present = values != ""
+    if not settings.date_format:
+        present &= values.str.fullmatch(_ISO_8601).fillna(False)
     aware = present & np.array([_is_aware(v) for v in values.to_numpy()], dtype=bool)
     naive = present & ~aware
     if settings.date_format:
@@ -198,7 +218,8 @@ def _timestamps(values: pd.Series, settings: ParseSettings) -> pd.Series:
         local = pd.to_datetime(values[naive], format=fmt, errors="coerce")
         localized = local.dt.tz_localize(settings.timezone, ambiguous="NaT", nonexistent="NaT")
         result[naive] = localized.dt.tz_convert("UTC")
-    return result
+        not_local[naive] = (local.notna() & localized.isna()).to_numpy(dtype=bool)
+    return result, not_local
 
 
 def _is_aware(value: str) -> bool:
@@ -227,15 +248,18 @@ def _rule_errors(frame: pd.DataFrame, text: dict[str, pd.Series], spec: KindSpec
     return []
 
 
-def _errors(values: pd.Series, mask: pd.Series, column: str, reason: str) -> pd.DataFrame:
+def _errors(
+    values: pd.Series, mask: pd.Series, column: str, reason: str | pd.Series
+) -> pd.DataFrame:
     if not mask.any():
         return pd.DataFrame(columns=ERROR_COLUMNS)
     hits = values[mask]
+    reasons = reason[mask].to_numpy() if isinstance(reason, pd.Series) else reason
     return pd.DataFrame(
         {
             "row": hits.index.astype("int64"),
             "column": column,
             "value": hits.to_numpy(),
-            "reason": reason,
+            "reason": reasons,
         }
     )

@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_assets.services.contract import KindSpec
-from etl_assets.warehouse.schema import MONEY, TABLES, TIMESTAMP, products
+from etl_assets.warehouse.schema import MONEY, TABLES, TIMESTAMP, lock_for_writing, products
 
 _STAGING_TYPES = {"text": Text, "decimal": MONEY, "integer": BigInteger, "timestamp": TIMESTAMP}
 
@@ -180,10 +180,13 @@ class SqliteLoader(StagingLoader):
     """Batched `executemany` into staging; new keys counted before the merge."""
 
     def stage(self, frame: pd.DataFrame) -> None:
+        if frame.empty:
+            return  # an empty executemany would insert one row of NULLs
         records = frame.astype(object).where(frame.notna(), None).to_dict("records")
         self.conn.execute(self.staging.insert(), records)
 
     def merge(self, company: str, upload_id: str, now: dt.datetime) -> MergeCounts:
+        lock_for_writing(self.conn)
         key = self.spec.key
         new_keys = self.conn.execute(
             select(func.count())

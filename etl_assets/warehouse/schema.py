@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    false,
 )
 
 metadata = MetaData()
@@ -103,11 +104,7 @@ TABLES = {"products": products, "sales": sales}
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for the warehouse.
-
-    SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE`, so two import steps running at once
-    queue for the write lock instead of failing with "database is locked" on lock upgrade.
-    """
+    """An engine for the warehouse; SQLite gets WAL (readers never wait) and a busy timeout."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 60})
@@ -124,7 +121,19 @@ def _sqlite_connect(dbapi_connection: Any, _record: object) -> None:
 
 
 def _sqlite_begin(connection: Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # pysqlite's own implicit transactions are off (isolation_level=None); begin explicitly.
+    connection.exec_driver_sql("BEGIN")
+
+
+def lock_for_writing(conn: Connection) -> None:
+    """On SQLite, take the write lock now, before this transaction reads what it will write.
+
+    In WAL mode a transaction that reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT)
+    if another writer committed in between; taking the lock first makes it wait (busy timeout)
+    instead. A no-op DELETE takes the lock without blocking readers. Other dialects lock rows.
+    """
+    if conn.dialect.name == "sqlite":
+        conn.execute(uploads.delete().where(false()))
 
 
 def create_schema(engine: Engine) -> None:
