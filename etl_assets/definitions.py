@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from etl_assets.defs.calendar import Calendar, Domain
 from etl_assets.defs.imports.assets import (
     product_uploads,
     products_import_job,
@@ -58,9 +59,35 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
     }
 
 
-defs = dg.Definitions(
-    assets=[product_uploads, sales_uploads],
-    jobs=[products_import_job, sales_import_job],
-    sensors=[upload_sensor],
-    resources=build_resources(),
-)
+def build_calendar() -> Calendar:
+    """`ETL_TIMEZONE` (default UTC) and `ETL_PARTITIONS_START` (default 2024-01-01)."""
+    return Calendar(
+        timezone=os.environ.get("ETL_TIMEZONE") or "UTC",
+        start=os.environ.get("ETL_PARTITIONS_START") or "2024-01-01",
+    )
+
+
+def build_domains(calendar: Calendar) -> list[Domain]:
+    """Every domain's definitions, built for the calendar."""
+    imports = Domain(
+        assets=[product_uploads, sales_uploads],
+        jobs=[products_import_job, sales_import_job],
+        sensors=[upload_sensor],
+    )
+    return [imports]
+
+
+def build_definitions() -> dg.Definitions:
+    """The code location for the current environment."""
+    domains = build_domains(build_calendar())
+    return dg.Definitions(
+        assets=[a for d in domains for a in d.assets],
+        asset_checks=[c for d in domains for c in d.asset_checks],
+        jobs=[j for d in domains for j in d.jobs],
+        sensors=[s for d in domains for s in d.sensors],
+        schedules=[s for d in domains for s in d.schedules],
+        resources=build_resources(),
+    )
+
+
+defs = build_definitions()
