@@ -28,6 +28,8 @@ class ImportSettings:
 
     max_invalid_fraction: float = 0.05
     chunk_rows: int = 100_000
+    # Calendar days (of daily aggregates) are counted in this timezone.
+    timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class ImportResult:
     rows_rejected: int = 0
     orphan_skus: int = 0
     orphan_sample: list[str] = field(default_factory=list)
+    days_touched: list[str] = field(default_factory=list)
     extra_columns: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     reject_sample: list[RowError] = field(default_factory=list)
@@ -136,6 +139,12 @@ class _RejectsWriter:
 def _frame_errors(errors: pd.DataFrame) -> Iterable[RowError]:
     for row, column, value, reason in errors.itertuples(index=False):
         yield RowError(int(row), str(column), str(value), str(reason))
+
+
+def _local_days(staged: pd.DataFrame, timezone: str) -> set[pd.Timestamp]:
+    """The calendar days (in `timezone`) of a chunk's valid sales."""
+    sold_at = staged.loc[staged["is_valid"], "sold_at"]
+    return set(sold_at.dt.tz_convert(timezone).dt.normalize().unique())
 
 
 def import_upload(
@@ -221,6 +230,7 @@ def _load(
     loader = loader_for(conn, spec)
     parse = None
     invalid = 0
+    days: set[pd.Timestamp] = set()
     for number, chunk in enumerate(iter_chunks(path, header, spec, settings.chunk_rows), start=1):
         if parse is None:
             parse = resolve_settings(
@@ -232,6 +242,8 @@ def _load(
                 options.timezone,
             )
         validated = validate_chunk(chunk, spec, parse)
+        if spec.name == "sales":
+            days |= _local_days(validated.staged, settings.timezone)
         rejects.write(_frame_errors(validated.errors))
         loader.stage(validated.staged)
         result.rows_read += validated.rows_read
@@ -256,6 +268,17 @@ def _load(
             f"({fraction:.1%} > {settings.max_invalid_fraction:.1%}); nothing imported",
         )
         raise _TooManyInvalid
+    if spec.name == "sales":
+        # A sale that moved to another day changes its old day's aggregates too.
+        moved = pd.Series(list(loader.replaced_timestamps(result.company)), dtype=object)
+        if len(moved):
+            days |= set(
+                pd.to_datetime(moved, utc=True)
+                .dt.tz_convert(settings.timezone)
+                .dt.normalize()
+                .unique()
+            )
+        result.days_touched = sorted(day.date().isoformat() for day in days)
     counts = loader.merge(result.company, result.upload_id, journal.now_utc())
     result.rows_imported, result.rows_updated = counts.imported, counts.updated
     if spec.name == "sales":

@@ -113,6 +113,20 @@ class StagingLoader(ABC):
             .values(is_valid=False)
         ).rowcount
 
+    def replaced_timestamps(self, company: str) -> Iterator[dt.datetime]:
+        """Current `sold_at` of the company's sales that staged rows will move to another time."""
+        key = self.spec.key
+        query = (
+            select(self.target.c.sold_at)
+            .join(self.staging, self.staging.c[key] == self.target.c[key])
+            .where(self.target.c.company == company)
+            .where(self.staging.c.is_valid)
+            .where(self.target.c.sold_at != self.staging.c.sold_at)
+        )
+        result = self.conn.execute(query, execution_options={"yield_per": 10_000})
+        for (sold_at,) in result:
+            yield sold_at
+
     def orphan_skus(self, company: str, limit: int = 10) -> tuple[int, list[str]]:
         """Distinct valid SKUs of staged sales that the company's products do not have."""
         sku = self.staging.c.sku

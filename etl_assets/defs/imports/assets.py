@@ -56,6 +56,8 @@ def _metadata(result: ImportResult, original_name: str) -> dict[str, object]:
     }
     if result.kind == "sales":
         metadata["orphan_skus"] = result.orphan_skus
+        # Read by the daily_sales refresh sensor: the days whose aggregates this import changed.
+        metadata["days_touched"] = dg.MetadataValue.json(result.days_touched)
     if result.rejects_path:
         metadata["rejects_file"] = dg.MetadataValue.path(result.rejects_path)
     if result.reject_sample:
