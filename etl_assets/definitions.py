@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from etl_assets.defs.aggregates import build_aggregates
 from etl_assets.defs.calendar import Calendar, Domain
 from etl_assets.defs.imports.assets import (
     product_uploads,
@@ -17,7 +18,16 @@ from etl_assets.defs.imports.assets import (
     sales_uploads,
 )
 from etl_assets.defs.imports.sensors import upload_sensor
-from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
+from etl_assets.defs.maintenance.health import build_health
+from etl_assets.defs.maintenance.schedules import build_maintenance
+from etl_assets.defs.metrics import build_metrics
+from etl_assets.defs.reports import build_reports
+from etl_assets.defs.resources import (
+    ImportSettingsResource,
+    RedisResource,
+    StorageResource,
+    WarehouseResource,
+)
 
 
 def _env(name: str, default: str | None) -> str | dg.EnvVar | None:
@@ -39,6 +49,16 @@ def _fraction_env(name: str, default: float) -> float:
     return value
 
 
+def _days_env(name: str, default: int) -> int:
+    # Goes into schedule run config, not a resource, so it is parsed here, with a clear error.
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError(f"{name} must be a whole number of days, at least 1, got {raw!r}")
+    return int(raw)
+
+
 def build_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources for the current environment (see README, "Environment")."""
     data_dir = str(Path(os.environ.get("ETL_DATA_DIR") or "data").resolve())
@@ -55,7 +75,10 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
                 dg.EnvVar.int("ETL_SETTLE_SECONDS") if os.environ.get("ETL_SETTLE_SECONDS") else 5
             ),
             max_invalid_fraction=_fraction_env("ETL_MAX_INVALID_FRACTION", 0.05),
+            timezone=_env("ETL_TIMEZONE", "UTC"),
+            pull_roots=_env("ETL_PULL_ROOTS", ""),
         ),
+        "redis": RedisResource(url=_env("ETL_REDIS_URL", None)),
     }
 
 
@@ -74,7 +97,19 @@ def build_domains(calendar: Calendar) -> list[Domain]:
         jobs=[products_import_job, sales_import_job],
         sensors=[upload_sensor],
     )
-    return [imports]
+    maintenance = build_maintenance(
+        calendar,
+        pull_source=os.environ.get("ETL_PULL_SOURCE") or None,
+        retention_days=_days_env("ETL_RETENTION_DAYS", 90),
+    )
+    return [
+        imports,
+        build_aggregates(calendar),
+        build_metrics(calendar),
+        build_reports(calendar),
+        build_health(calendar),
+        maintenance,
+    ]
 
 
 def build_definitions() -> dg.Definitions:

@@ -1,27 +1,19 @@
 """The whole code location: what `dagster dev -m etl_assets.definitions` loads, and its settings."""
 
+import os
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from etl_assets.definitions import build_resources, defs
-
-ETL_VARIABLES = [
-    "ETL_DATA_DIR",
-    "ETL_INBOX_DIR",
-    "ETL_WAREHOUSE_URL",
-    "ETL_COMPANIES_FILE",
-    "ETL_SETTLE_SECONDS",
-    "ETL_MAX_INVALID_FRACTION",
-]
+from etl_assets.definitions import build_definitions, build_resources, defs
 
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No ETL_* variables, and a working directory of our own for the relative defaults."""
-    for name in ETL_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    """No ETL_* settings, and a working directory of our own for the relative defaults."""
+    for name in [n for n in os.environ if n.startswith("ETL_") and not n.startswith("ETL_TEST_")]:
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return monkeypatch
 
@@ -30,14 +22,41 @@ def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
 
 
-def test_assets_and_checks() -> None:
+ASSET_GROUPS = {
+    "product_uploads": "imports",
+    "sales_uploads": "imports",
+    "daily_sales": "aggregates",
+    "dashboard_metrics": "metrics",
+    "monthly_sales_report": "reports",
+}
+JOBS = {
+    "products_import_job",
+    "sales_import_job",
+    "daily_sales_job",
+    "rebuild_aggregates_job",
+    "dashboard_metrics_job",
+    "monthly_reports_job",
+    "export_job",
+    "health_check_job",
+    "cleanup_job",
+    "pull_job",
+}
+SENSORS = {"upload_sensor", "daily_sales_refresh_sensor"}
+SCHEDULES = {
+    "daily_sales_schedule": "0 1 * * *",
+    "dashboard_metrics_schedule": "*/5 * * * *",
+    "monthly_reports_schedule": "0 3 1 * *",
+    "health_check_schedule": "*/15 * * * *",
+    "pull_schedule": "0 2 * * *",
+    "cleanup_schedule": "30 3 * * *",
+}
+
+
+def test_assets_groups_and_checks() -> None:
     graph = defs.resolve_asset_graph()
 
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
-        "product_uploads",
-        "sales_uploads",
-    }
-    assert {graph.get(key).group_name for key in graph.get_all_asset_keys()} == {"imports"}
+    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
+    assert groups == ASSET_GROUPS
     assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
         ("product_uploads", "validation"),
         ("sales_uploads", "validation"),
@@ -47,6 +66,34 @@ def test_assets_and_checks() -> None:
         partitions = graph.get(dg.AssetKey(name)).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition)
         assert partitions.name == name
+    assert isinstance(
+        graph.get(dg.AssetKey("daily_sales")).partitions_def, dg.TimeWindowPartitionsDefinition
+    )
+    assert isinstance(
+        graph.get(dg.AssetKey("monthly_sales_report")).partitions_def, dg.MultiPartitionsDefinition
+    )
+
+
+def test_jobs_sensors_and_schedules() -> None:
+    assert {job.name for job in defs.resolve_all_job_defs()} >= JOBS
+    assert {sensor.name for sensor in defs.sensors or []} == SENSORS
+    schedules = {s.name: s for s in defs.schedules or []}
+    assert {name: s.cron_schedule for name, s in schedules.items()} == SCHEDULES
+    for schedule in schedules.values():
+        assert schedule.execution_timezone == "UTC"
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_calendar_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ETL_TIMEZONE", "Europe/Madrid")
+    monkeypatch.setenv("ETL_PARTITIONS_START", "2025-06-01")
+
+    built = build_definitions()
+
+    daily = built.resolve_asset_graph().get(dg.AssetKey("daily_sales")).partitions_def
+    assert daily.timezone == "Europe/Madrid"
+    assert daily.get_first_partition_key() == "2025-06-01"
+    assert {s.execution_timezone for s in built.schedules or []} == {"Europe/Madrid"}
 
 
 @pytest.mark.parametrize(
@@ -73,16 +120,18 @@ def test_upload_sensor_runs_by_default() -> None:
         "sales_import_job",
     ]
     assert sensor.required_resource_keys == {"warehouse", "storage", "import_settings"}
-    assert [s.name for s in defs.sensors or []] == ["upload_sensor"]
 
 
 def test_resources_cover_every_requirement() -> None:
-    assert set(defs.resources or {}) == {"warehouse", "storage", "import_settings"}
+    defined = set(defs.resources or {})
+    assert defined == {"warehouse", "storage", "import_settings", "redis"}
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         # `io_manager` is Dagster's default; the assets return MaterializeResult, never outputs.
         required = graph.assets_def_for_key(key).required_resource_keys - {"io_manager"}
-        assert required == {"warehouse", "storage", "import_settings"}
+        assert required <= defined, key
+    for name in ("products_import_job", "sales_import_job"):
+        assert defs.resolve_job_def(name).required_resource_keys >= {"warehouse", "storage"}
 
 
 def test_build_resources_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ def test_tick_requests_one_run_and_one_partition_per_upload(
     assert _adds(result) == {
         "product_uploads": sorted(u for u, v in uploads.items() if v[1] == "products"),
         "sales_uploads": sorted(u for u, v in uploads.items() if v[1] == "sales"),
+        "companies": sorted({v[0] for v in uploads.values()}),
     }
     assert list(paths.inbox.rglob("*.csv")) == []
 
@@ -120,7 +121,8 @@ def test_only_unknown_partitions_are_requested(
     result = _tick(instance, resources)
 
     assert known not in _adds(result).get("product_uploads", [])
-    assert sum(len(keys) for keys in _adds(result).values()) == len(uploads) - 1
+    upload_adds = [keys for name, keys in _adds(result).items() if name != "companies"]
+    assert sum(len(keys) for keys in upload_adds) == len(uploads) - 1
     assert known in {r.run_key for r in result.run_requests}
 
 
@@ -150,7 +152,7 @@ def test_file_older_than_the_cursor_is_still_registered(
 
     upload_id = _upload_id("acme", data)
     assert [r.run_key for r in result.run_requests] == [upload_id]
-    assert _adds(result) == {"product_uploads": [upload_id]}
+    assert _adds(result) == {"product_uploads": [upload_id], "companies": ["acme"]}
     assert json.loads(result.cursor) == {"max_mtime": NEWER}
 
 
@@ -200,3 +202,19 @@ def test_rejected_and_duplicate_files_request_no_run(
     assert [r.run_key for r in second.run_requests] == [upload_id]
     assert list((paths.inbox / "acme").iterdir()) == []
     assert len(list(paths.rejected.glob("*__notes.txt"))) == 1
+
+
+def test_companies_of_pending_uploads_are_added_once(
+    instance: dg.DagsterInstance, resources: dict, uploads: dict
+) -> None:
+    instance.add_dynamic_partitions("companies", ["acme"])
+
+    first = _tick(instance, resources)
+    instance.add_dynamic_partitions("companies", _adds(first)["companies"])
+    second = _tick(instance, resources, cursor=first.cursor)
+
+    assert sorted({company for company, _kind, _name in uploads.values()}) == ["acme", "globex"]
+    assert _adds(first)["companies"] == ["globex"]
+    assert "companies" not in _adds(second)
+    assert sorted(instance.get_dynamic_partitions("companies")) == ["acme", "globex"]
+    assert len(second.run_requests) == len(uploads)

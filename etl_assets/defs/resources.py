@@ -1,9 +1,11 @@
-"""Resources: thin handles on the warehouse, the file areas and import settings."""
+"""Resources: thin handles on the warehouse, the file areas, import settings and Redis."""
 
+import os
 from functools import cache
 from pathlib import Path
 
 import dagster as dg
+from redis import Redis
 from sqlalchemy import Engine
 
 from etl_assets.services.companies import CompanyOptions, load_company_options
@@ -36,11 +38,15 @@ class StorageResource(dg.ConfigurableResource):
     data_dir: str = "data"
     inbox_dir: str | None = None
 
-    def paths(self) -> StoragePaths:
-        """Absolute paths, created if missing."""
+    def locations(self) -> StoragePaths:
+        """Absolute paths, creating nothing (the health check must see what is really there)."""
         data_dir = Path(self.data_dir).resolve()
         inbox = Path(self.inbox_dir).resolve() if self.inbox_dir else data_dir / "inbox"
-        paths = StoragePaths(data_dir=data_dir, inbox=inbox)
+        return StoragePaths(data_dir=data_dir, inbox=inbox)
+
+    def paths(self) -> StoragePaths:
+        """Absolute paths, created if missing."""
+        paths = self.locations()
         paths.ensure()
         return paths
 
@@ -52,6 +58,13 @@ class ImportSettingsResource(dg.ConfigurableResource):
     settle_seconds: int = 5
     max_invalid_fraction: float = 0.05
     chunk_rows: int = 100_000
+    timezone: str = "UTC"
+    # Directories the pull job may read from, os.pathsep-separated; empty disables pulling.
+    pull_roots: str = ""
+
+    def allowed_pull_roots(self) -> list[Path]:
+        """The directories a pull source must resolve inside."""
+        return [Path(root.strip()) for root in self.pull_roots.split(os.pathsep) if root.strip()]
 
     def company_options(self) -> dict[str, CompanyOptions]:
         """Per-company parsing options (aliases, encoding, delimiter, ...)."""
@@ -60,5 +73,26 @@ class ImportSettingsResource(dg.ConfigurableResource):
     def import_settings(self) -> ImportSettings:
         """Limits passed to the import service."""
         return ImportSettings(
-            max_invalid_fraction=self.max_invalid_fraction, chunk_rows=self.chunk_rows
+            max_invalid_fraction=self.max_invalid_fraction,
+            chunk_rows=self.chunk_rows,
+            timezone=self.timezone,
+        )
+
+
+class RedisResource(dg.ConfigurableResource):
+    """Redis for the dashboard metrics cache and the health check; optional (`url` None)."""
+
+    url: str | None = None
+    key_prefix: str = "etl:"
+    # Bounded, so a dead Redis fails a step or a health check instead of hanging it.
+    timeout_seconds: float = 5.0
+
+    def client(self) -> Redis | None:
+        """A client (close it after use), or None when Redis is not configured."""
+        if not self.url:
+            return None
+        return Redis.from_url(
+            self.url,
+            socket_connect_timeout=self.timeout_seconds,
+            socket_timeout=self.timeout_seconds,
         )

@@ -23,6 +23,18 @@ class StoragePaths:
     def rejects(self) -> Path:
         return self.data_dir / "rejects"
 
+    @property
+    def reports(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def exports(self) -> Path:
+        return self.data_dir / "exports"
+
+    def report_dir(self, company: str, month: str) -> Path:
+        """Where one company's report for one month (`yyyy-mm`) is written."""
+        return self.reports / company / month
+
     def landing_file(self, company: str, sha256: str, suffix: str) -> Path:
         """The immutable copy of an upload: named by its content, filed by company."""
         return self.landing / company / f"{sha256}{suffix}"

@@ -7,6 +7,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
+    Date,
     DateTime,
     Dialect,
     Engine,
@@ -98,6 +99,31 @@ uploads = Table(
     Column("finished_at", TIMESTAMP),
     Column("run_id", String(64)),
     Column("message", Text),
+)
+
+# Long format, so a new metric needs no migration: `dimension` is '' for plain figures, the
+# ISO day for daily series, the category or brand for breakdowns.
+dashboard_metrics = Table(
+    "dashboard_metrics",
+    metadata,
+    Column("company", String(63), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("dimension", Text, primary_key=True),
+    Column("value", Numeric(20, 2), nullable=False),
+    Column("computed_at", TIMESTAMP, nullable=False),
+)
+
+daily_sales = Table(
+    "daily_sales",
+    metadata,
+    Column("company", String(63), primary_key=True),
+    Column("day", Date, primary_key=True),
+    # A day's revenue sums many prices of up to 12 digits, so it gets two more.
+    Column("revenue", Numeric(14, 2), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("transactions", Integer, nullable=False),
+    Column("returns", Integer, nullable=False),
+    Column("distinct_products", Integer, nullable=False),
 )
 
 TABLES = {"products": products, "sales": sales}

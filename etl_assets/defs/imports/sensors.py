@@ -7,6 +7,7 @@ import dagster as dg
 
 from etl_assets.defs.imports.assets import IMPORT_JOB_NAMES, products_import_job, sales_import_job
 from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
+from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.contract import Kind
 from etl_assets.services.registration import pending_imports, scan_inbox
@@ -50,6 +51,12 @@ def upload_sensor(
         partitions = PARTITIONS_BY_KIND[upload.kind]
         if not context.instance.has_dynamic_partition(partitions.name, upload.upload_id):
             new_keys.setdefault(upload.kind, []).append(upload.upload_id)
+    # A company becomes a report partition with its first upload offered for import.
+    new_companies = sorted(
+        company
+        for company in {upload.company for upload in pending}
+        if not context.instance.has_dynamic_partition(companies.name, company)
+    )
     if scan.registered or scan.rejected or scan.duplicates:
         context.log.info(
             f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
@@ -74,6 +81,7 @@ def upload_sensor(
         ],
         dynamic_partitions_requests=[
             PARTITIONS_BY_KIND[kind].build_add_request(keys) for kind, keys in new_keys.items()
-        ],
+        ]
+        + ([companies.build_add_request(new_companies)] if new_companies else []),
         cursor=json.dumps({"max_mtime": max(seen)}) if seen else context.cursor,
     )

@@ -1,0 +1,281 @@
+"""Dashboard metrics per company: computed in the warehouse, stored long-format, cached in Redis.
+
+Redis layout (every key expires after `ttl_seconds`):
+
+- `<prefix>metrics:<company>`: one JSON document, `CompanyMetrics.as_json()`; money is a string
+  with two decimals (exact), counts are integers.
+- `<prefix>metrics:companies`: a JSON list of the companies, sorted.
+"""
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from redis import Redis
+from sqlalchemy import (
+    Connection,
+    Integer,
+    Numeric,
+    Select,
+    and_,
+    func,
+    literal,
+    select,
+    type_coerce,
+    union_all,
+)
+
+from etl_assets.warehouse.schema import TIMESTAMP, dashboard_metrics, products, sales
+
+WINDOW_DAYS = 30
+NO_BRAND = "(unbranded)"
+"""The `products_by_brand` bucket of products without a brand."""
+
+# Sums can outgrow a price column's precision; on SQLite this also rounds float sums to cents.
+_TOTAL = Numeric(20, 2)
+_CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class DailyFigures:
+    """Net revenue and units of one local day (returns subtract)."""
+
+    day: dt.date
+    revenue: Decimal
+    units: int
+
+
+@dataclass
+class CompanyMetrics:
+    """Every dashboard figure of one company."""
+
+    company: str
+    computed_at: dt.datetime
+    timezone: str
+    today: dt.date
+    products: int = 0
+    stock_value: Decimal = Decimal("0.00")
+    revenue: Decimal = Decimal("0.00")
+    units: int = 0
+    transactions: int = 0
+    last_30_days: list[DailyFigures] = field(default_factory=list)
+    products_by_category: dict[str, int] = field(default_factory=dict)
+    products_by_brand: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def revenue_last_30_days(self) -> Decimal:
+        """Net revenue over the window."""
+        return sum((d.revenue for d in self.last_30_days), Decimal("0.00"))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The `dashboard_metrics` rows: one per (metric, dimension)."""
+        figures: list[tuple[str, str, Decimal | int]] = [
+            ("products", "", self.products),
+            ("stock_value", "", self.stock_value),
+            ("revenue", "", self.revenue),
+            ("units", "", self.units),
+            ("transactions", "", self.transactions),
+        ]
+        for daily in self.last_30_days:
+            figures.append(("daily_revenue", daily.day.isoformat(), daily.revenue))
+            figures.append(("daily_units", daily.day.isoformat(), daily.units))
+        figures += [("products_by_category", k, v) for k, v in self.products_by_category.items()]
+        figures += [("products_by_brand", k, v) for k, v in self.products_by_brand.items()]
+        return [
+            {
+                "company": self.company,
+                "metric": metric,
+                "dimension": dimension,
+                "value": Decimal(value),
+                "computed_at": self.computed_at,
+            }
+            for metric, dimension, value in figures
+        ]
+
+    def as_json(self) -> dict[str, Any]:
+        """The cached document: JSON types only, money as exact strings."""
+        return {
+            "company": self.company,
+            "computed_at": self.computed_at.isoformat(),
+            "timezone": self.timezone,
+            "today": self.today.isoformat(),
+            "products": self.products,
+            "stock_value": _money(self.stock_value),
+            "revenue": _money(self.revenue),
+            "units": self.units,
+            "transactions": self.transactions,
+            "last_30_days": [
+                {"day": d.day.isoformat(), "revenue": _money(d.revenue), "units": d.units}
+                for d in self.last_30_days
+            ],
+            "products_by_category": dict(sorted(self.products_by_category.items())),
+            "products_by_brand": dict(sorted(self.products_by_brand.items())),
+        }
+
+
+def _money(value: Decimal) -> str:
+    return str(value.quantize(_CENT))
+
+
+def window_days(today: dt.date) -> list[dt.date]:
+    """The `WINDOW_DAYS` days ending `today` inclusive, oldest first."""
+    return [today - dt.timedelta(days=n) for n in range(WINDOW_DAYS - 1, -1, -1)]
+
+
+def _local_midnight(day: dt.date, zone: ZoneInfo) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
+
+
+def _daily_query(today: dt.date, timezone: str) -> Select:
+    """Net revenue and units per company and window day (by index), days without sales absent.
+
+    Day boundaries are local midnights converted to UTC here, so the SQL is the same on every
+    dialect and DST days have their true length (23 or 25 hours).
+    """
+    zone = ZoneInfo(timezone)
+    days = window_days(today)
+    bounds = [_local_midnight(d, zone) for d in [*days, today + dt.timedelta(days=1)]]
+    windows = union_all(
+        *(
+            select(
+                literal(index, Integer).label("day_index"),
+                literal(bounds[index], TIMESTAMP).label("starts_at"),
+                literal(bounds[index + 1], TIMESTAMP).label("ends_at"),
+            )
+            for index in range(len(days))
+        )
+    ).subquery("windows")
+    return (
+        select(
+            sales.c.company,
+            windows.c.day_index,
+            type_coerce(func.sum(sales.c.quantity * sales.c.unit_price), _TOTAL),
+            func.sum(sales.c.quantity),
+        )
+        .select_from(
+            sales.join(
+                windows,
+                and_(sales.c.sold_at >= windows.c.starts_at, sales.c.sold_at < windows.c.ends_at),
+            )
+        )
+        # The plain range lets PostgreSQL use the `sold_at` index before joining.
+        .where(sales.c.sold_at >= bounds[0], sales.c.sold_at < bounds[-1])
+        .group_by(sales.c.company, windows.c.day_index)
+    )
+
+
+def compute_metrics(
+    conn: Connection, *, today: dt.date, timezone: str, computed_at: dt.datetime
+) -> list[CompanyMetrics]:
+    """Metrics of every company with products or sales, sorted by company.
+
+    `today` is a day in `timezone`; the daily series covers the 30 days ending `today`, every
+    day present (0 when nothing was sold). Revenue is sum(quantity * unit_price), net of
+    returns; products without a brand count under `NO_BRAND`.
+    """
+    metrics: dict[str, CompanyMetrics] = {}
+
+    def entry(company: str) -> CompanyMetrics:
+        # Built from each query's rows: on PostgreSQL every statement sees the latest commits,
+        # so a company imported between two statements must not be a KeyError.
+        if company not in metrics:
+            metrics[company] = CompanyMetrics(
+                company=company, computed_at=computed_at, timezone=timezone, today=today
+            )
+        return metrics[company]
+
+    stock = select(
+        products.c.company,
+        func.count(),
+        type_coerce(func.sum(products.c.unit_price * products.c.stock_quantity), _TOTAL),
+    ).group_by(products.c.company)
+    for company, count, value in conn.execute(stock):
+        entry(company).products = int(count)
+        entry(company).stock_value = value
+
+    totals = select(
+        sales.c.company,
+        func.count(),
+        func.sum(sales.c.quantity),
+        type_coerce(func.sum(sales.c.quantity * sales.c.unit_price), _TOTAL),
+    ).group_by(sales.c.company)
+    for company, count, units, revenue in conn.execute(totals):
+        entry(company).transactions = int(count)
+        entry(company).units = int(units)
+        entry(company).revenue = revenue
+
+    daily: dict[tuple[str, int], tuple[Decimal, int]] = {
+        (company, index): (revenue, int(units))
+        for company, index, revenue, units in conn.execute(_daily_query(today, timezone))
+    }
+
+    brand = func.coalesce(products.c.brand, NO_BRAND)
+    for column, attribute in (
+        (products.c.category, "products_by_category"),
+        (brand, "products_by_brand"),
+    ):
+        query = select(products.c.company, column, func.count()).group_by(
+            products.c.company, column
+        )
+        for company, key, count in conn.execute(query):
+            getattr(entry(company), attribute)[key] = int(count)
+
+    days = window_days(today)
+    for company, figures in metrics.items():
+        figures.last_30_days = [
+            DailyFigures(day, *daily.get((company, index), (Decimal("0.00"), 0)))
+            for index, day in enumerate(days)
+        ]
+    return [metrics[company] for company in sorted(metrics)]
+
+
+def store_metrics(conn: Connection, metrics: Sequence[CompanyMetrics]) -> int:
+    """Replace these companies' rows in `dashboard_metrics` (atomic in the caller's transaction).
+
+    Returns the number of rows written.
+    """
+    if not metrics:
+        return 0
+    conn.execute(
+        dashboard_metrics.delete().where(
+            dashboard_metrics.c.company.in_([m.company for m in metrics])
+        )
+    )
+    rows = [row for m in metrics for row in m.rows()]
+    conn.execute(dashboard_metrics.insert(), rows)
+    return len(rows)
+
+
+def metrics_key(prefix: str, company: str) -> str:
+    """The Redis key of one company's document."""
+    return f"{prefix}metrics:{company}"
+
+
+def companies_key(prefix: str) -> str:
+    """The Redis key of the list of companies."""
+    return f"{prefix}metrics:companies"
+
+
+def cache_metrics(
+    client: Redis, metrics: Sequence[CompanyMetrics], ttl_seconds: int, prefix: str
+) -> list[str]:
+    """Write every company's document and the company list, all expiring after `ttl_seconds`.
+
+    One MULTI/EXEC transaction, so readers never see the list without its documents. Returns
+    the keys written.
+    """
+    pipeline = client.pipeline(transaction=True)
+    keys = []
+    for entry in metrics:
+        key = metrics_key(prefix, entry.company)
+        pipeline.set(key, json.dumps(entry.as_json()), ex=ttl_seconds)
+        keys.append(key)
+    companies = sorted(m.company for m in metrics)
+    pipeline.set(companies_key(prefix), json.dumps(companies), ex=ttl_seconds)
+    keys.append(companies_key(prefix))
+    pipeline.execute()
+    return keys

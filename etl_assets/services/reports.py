@@ -1,0 +1,408 @@
+"""Monthly sales report of one company: figures computed in SQL, written as CSV, JSON, XML, PDF.
+
+Days are calendar days in the report's timezone, with UTC bounds from zoneinfo (DST days have
+23 or 25 hours) joined to `sales` in SQL, which works the same on PostgreSQL and SQLite. The
+figures are defined as in `daily_sales`. Every query is filtered by company, including the join
+to `products`.
+"""
+
+import csv
+import datetime as dt
+import io
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import matplotlib
+from fpdf import FPDF
+from fpdf.enums import XPos, YPos
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Date,
+    Engine,
+    Label,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    select,
+    type_coerce,
+    union_all,
+)
+
+from etl_assets.services.aggregates import day_bounds
+from etl_assets.services.contract import COMPANY_SLUG
+from etl_assets.services.output import atomic_open, xml_safe
+from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
+
+TOP_PRODUCTS = 10
+CENT = Decimal("0.01")
+FIGURES = ("revenue", "units", "transactions", "returns")
+# matplotlib ships DejaVu; fpdf2's built-in fonts are Latin-1 only and product names are not.
+_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Sales figures of a period, defined as in `daily_sales`.
+
+    Revenue and units are net of returns; transactions counts every sales line, returns
+    included; returns counts the lines with a negative quantity.
+    """
+
+    revenue: Decimal
+    units: int
+    transactions: int
+    returns: int
+
+
+@dataclass(frozen=True)
+class DayFigures(Figures):
+    """The figures of one calendar day."""
+
+    day: dt.date
+
+
+@dataclass(frozen=True)
+class ProductFigures:
+    """One of the month's best-selling products, by net revenue."""
+
+    rank: int
+    sku: str
+    name: str | None
+    units: int
+    revenue: Decimal
+    transactions: int
+
+
+@dataclass(frozen=True)
+class MonthlyReport:
+    """The data of one company's monthly sales report."""
+
+    company: str
+    month: dt.date
+    timezone: str
+    days: list[DayFigures]
+    top_products: list[ProductFigures]
+    generated_at: dt.datetime
+
+    @property
+    def label(self) -> str:
+        """The month as `yyyy-mm`."""
+        return self.month.strftime("%Y-%m")
+
+    @property
+    def totals(self) -> Figures:
+        """The month's figures: the sum of its days."""
+        return Figures(
+            revenue=sum((d.revenue for d in self.days), Decimal("0.00")),
+            units=sum(d.units for d in self.days),
+            transactions=sum(d.transactions for d in self.days),
+            returns=sum(d.returns for d in self.days),
+        )
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The four files of one report."""
+
+    csv: Path
+    json: Path
+    xml: Path
+    pdf: Path
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """A report's data and where its files were written."""
+
+    report: MonthlyReport
+    files: ReportFiles
+
+
+def monthly_report(
+    conn: Connection, company: str, month: dt.date, timezone: str, top: int = TOP_PRODUCTS
+) -> MonthlyReport:
+    """Compute one company's figures for one month: each day, and its top products."""
+    first = month.replace(day=1)
+    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    bounds = day_bounds(first, last, timezone)
+    # A literal table of the month's days (no temporary table: the report only reads), outer
+    # joined so that days without sales are still rows.
+    days = union_all(
+        *[
+            select(
+                literal(b.day, Date).label("day"),
+                literal(b.start_utc, TIMESTAMP).label("starts_at"),
+                literal(b.end_utc, TIMESTAMP).label("ends_at"),
+            )
+            for b in bounds
+        ]
+    ).subquery("days")
+    in_day = and_(
+        sales.c.company == company,
+        sales.c.sold_at >= days.c.starts_at,
+        sales.c.sold_at < days.c.ends_at,
+    )
+    daily = (
+        select(days.c.day, *_figure_columns())
+        .select_from(days.outerjoin(sales, in_day))
+        .group_by(days.c.day)
+        .order_by(days.c.day)
+    )
+    revenue = _revenue()
+    best = (
+        select(
+            sales.c.sku,
+            products.c.name,
+            cast(func.sum(sales.c.quantity), BigInteger).label("units"),
+            revenue,
+            func.count().label("transactions"),
+        )
+        .select_from(
+            sales.outerjoin(
+                products, and_(products.c.company == sales.c.company, products.c.sku == sales.c.sku)
+            )
+        )
+        .where(
+            sales.c.company == company,
+            sales.c.sold_at >= bounds[0].start_utc,
+            sales.c.sold_at < bounds[-1].end_utc,
+        )
+        .group_by(sales.c.sku, products.c.name)
+        .order_by(revenue.desc(), sales.c.sku)
+        .limit(top)
+    )
+    return MonthlyReport(
+        company=company,
+        month=first,
+        timezone=timezone,
+        days=[
+            DayFigures(
+                day=row.day,
+                revenue=_cents(row.revenue),
+                units=row.units,
+                transactions=row.transactions,
+                returns=row.returns,
+            )
+            for row in conn.execute(daily)
+        ],
+        top_products=[
+            ProductFigures(
+                rank=rank,
+                sku=row.sku,
+                name=row.name,
+                units=row.units,
+                revenue=_cents(row.revenue),
+                transactions=row.transactions,
+            )
+            for rank, row in enumerate(conn.execute(best), start=1)
+        ],
+        generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+    )
+
+
+def generate_monthly_report(
+    engine: Engine, company: str, month: dt.date, timezone: str, directory: Path
+) -> ReportResult:
+    """Compute one company's monthly report and write its CSV, JSON, XML and PDF files."""
+    if not COMPANY_SLUG.fullmatch(company):
+        raise ValueError(f"invalid company slug {company!r}")
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # One snapshot for both queries, so the top products agree with the daily totals.
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            report = monthly_report(conn, company, month, timezone)
+    return ReportResult(report=report, files=write_monthly_report(report, directory))
+
+
+def write_monthly_report(report: MonthlyReport, directory: Path) -> ReportFiles:
+    """Write the report's four files, each atomically, into `directory`."""
+    stem = directory / f"monthly_sales_{report.company}_{report.label}"
+    files = ReportFiles(
+        csv=stem.with_suffix(".csv"),
+        json=stem.with_suffix(".json"),
+        xml=stem.with_suffix(".xml"),
+        pdf=stem.with_suffix(".pdf"),
+    )
+    with atomic_open(files.csv, "w", encoding="utf-8", newline="") as stream:
+        stream.write(report_csv(report))
+    with atomic_open(files.json, "w", encoding="utf-8") as stream:
+        stream.write(report_json(report))
+    with atomic_open(files.xml, "wb") as stream:
+        stream.write(report_xml(report))
+    with atomic_open(files.pdf, "wb") as stream:
+        stream.write(report_pdf(report))
+    return files
+
+
+def report_csv(report: MonthlyReport) -> str:
+    """One row per day, then a `total` row."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["day", *FIGURES])
+    for day in report.days:
+        writer.writerow([day.day.isoformat(), *_values(day)])
+    writer.writerow(["total", *_values(report.totals)])
+    return buffer.getvalue()
+
+
+def report_json(report: MonthlyReport) -> str:
+    """The whole report as one JSON document; amounts are decimal strings, so they stay exact."""
+    document = {
+        "company": report.company,
+        "month": report.label,
+        "timezone": report.timezone,
+        "generated_at": report.generated_at.isoformat(),
+        "totals": _figures_dict(report.totals),
+        "days": [{"day": d.day.isoformat(), **_figures_dict(d)} for d in report.days],
+        "top_products": [
+            {
+                "rank": p.rank,
+                "sku": p.sku,
+                "name": p.name,
+                "units": p.units,
+                "revenue": str(p.revenue),
+                "transactions": p.transactions,
+            }
+            for p in report.top_products
+        ],
+    }
+    return json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+
+
+def report_xml(report: MonthlyReport) -> bytes:
+    """The whole report as an XML document (UTF-8)."""
+    root = ET.Element(
+        "monthly_sales_report",
+        company=report.company,
+        month=report.label,
+        timezone=report.timezone,
+        generated_at=report.generated_at.isoformat(),
+    )
+    _figure_elements(ET.SubElement(root, "totals"), report.totals)
+    days = ET.SubElement(root, "days")
+    for day in report.days:
+        _figure_elements(ET.SubElement(days, "day", date=day.day.isoformat()), day)
+    top = ET.SubElement(root, "top_products")
+    for product in report.top_products:
+        element = ET.SubElement(top, "product", rank=str(product.rank), sku=xml_safe(product.sku))
+        if product.name is not None:
+            ET.SubElement(element, "name").text = xml_safe(product.name)
+        ET.SubElement(element, "units").text = str(product.units)
+        ET.SubElement(element, "revenue").text = str(product.revenue)
+        ET.SubElement(element, "transactions").text = str(product.transactions)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
+
+
+def revenue_chart_png(report: MonthlyReport) -> bytes:
+    """A bar chart of daily revenue, as PNG bytes."""
+    # The object-oriented API with an explicit Agg canvas: no pyplot global state, no display.
+    figure = Figure(figsize=(8, 3.2), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.bar([d.day.day for d in report.days], [float(d.revenue) for d in report.days])
+    axes.set_title(f"Daily revenue, {report.company}, {report.label}")
+    axes.set_xlabel(f"day of month ({report.timezone})")
+    axes.set_ylabel("revenue")
+    axes.set_xlim(0.5, len(report.days) + 0.5)
+    axes.grid(axis="y", alpha=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def report_pdf(report: MonthlyReport) -> bytes:
+    """A one-page PDF: summary table, daily revenue chart, top products."""
+    pdf = FPDF()
+    pdf.set_title(f"Monthly sales report {report.company} {report.label}")
+    pdf.add_font("DejaVu", "", _FONTS / "DejaVuSans.ttf")
+    pdf.add_font("DejaVu", "B", _FONTS / "DejaVuSans-Bold.ttf")
+    pdf.add_page()
+    pdf.set_font("DejaVu", "B", 16)
+    pdf.cell(text=f"Monthly sales report: {report.company}, {report.label}")
+    pdf.ln(9)
+    pdf.set_font("DejaVu", "", 9)
+    pdf.cell(text=f"Days in {report.timezone}. Generated {report.generated_at.isoformat()}.")
+    pdf.ln(8)
+    totals = report.totals
+    pdf.set_font("DejaVu", "", 10)
+    with pdf.table(col_widths=(60, 40), width=100, align="LEFT") as table:
+        table.row(["Figure", "Value"])
+        table.row(["Revenue", _money(totals.revenue)])
+        table.row(["Units", f"{totals.units:,}"])
+        table.row(["Transactions", f"{totals.transactions:,}"])
+        table.row(["Returns", f"{totals.returns:,}"])
+    pdf.ln(4)
+    pdf.image(io.BytesIO(revenue_chart_png(report)), w=pdf.epw, title="Daily revenue")
+    pdf.ln(4)
+    pdf.set_font("DejaVu", "B", 12)
+    pdf.cell(text="Top products by revenue", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.set_font("DejaVu", "", 9)
+    if report.top_products:
+        with pdf.table(col_widths=(8, 30, 62, 20, 30, 20)) as table:
+            table.row(["#", "SKU", "Name", "Units", "Revenue", "Transactions"])
+            for p in report.top_products:
+                table.row(
+                    [
+                        str(p.rank),
+                        p.sku,
+                        p.name or "",
+                        f"{p.units:,}",
+                        _money(p.revenue),
+                        f"{p.transactions:,}",
+                    ]
+                )
+    else:
+        pdf.cell(text="No sales this month.")
+    return bytes(pdf.output())
+
+
+def _revenue() -> Label:
+    # Typed as MONEY so SQLite's float sum comes back as a Decimal rounded to cents.
+    return type_coerce(
+        func.coalesce(func.sum(sales.c.quantity * sales.c.unit_price), 0), MONEY
+    ).label("revenue")
+
+
+def _figure_columns() -> list[Label]:
+    return [
+        _revenue(),
+        cast(func.coalesce(func.sum(sales.c.quantity), 0), BigInteger).label("units"),
+        func.count(sales.c.transaction_id).label("transactions"),
+        func.count(case((sales.c.quantity < 0, 1))).label("returns"),
+    ]
+
+
+def _values(figures: Figures) -> list[str]:
+    return [str(getattr(figures, name)) for name in FIGURES]
+
+
+def _figures_dict(figures: Figures) -> dict[str, str | int]:
+    return {
+        "revenue": str(figures.revenue),
+        "units": figures.units,
+        "transactions": figures.transactions,
+        "returns": figures.returns,
+    }
+
+
+def _figure_elements(parent: ET.Element, figures: Figures) -> None:
+    for name, value in zip(FIGURES, _values(figures), strict=True):
+        ET.SubElement(parent, name).text = value
+
+
+def _cents(amount: Decimal) -> Decimal:
+    return amount.quantize(CENT)
+
+
+def _money(amount: Decimal) -> str:
+    return f"{amount:,.2f}"

@@ -1,0 +1,407 @@
+"""Retention cleanup on real files and real SQLite/PostgreSQL journals, its job and schedule."""
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+from sqlalchemy import Engine, select
+
+from etl_assets.definitions import build_domains
+from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
+from etl_assets.defs.maintenance.jobs import DRY_RUN, cleanup_job
+from etl_assets.defs.maintenance.schedules import build_maintenance
+from etl_assets.samples import sales_frame, write_csv
+from etl_assets.services import journal
+from etl_assets.services.cleanup import REASON_SUFFIX, apply_cleanup, plan_cleanup
+from etl_assets.services.companies import options_for
+from etl_assets.services.importer import ImportSettings, import_upload
+from etl_assets.services.registration import landing_path, scan_inbox, upload_id_for
+from etl_assets.services.storage import StoragePaths
+from etl_assets.warehouse.schema import uploads
+
+RETENTION = 90
+NOW = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)
+CUTOFF = NOW - dt.timedelta(days=RETENTION)
+LONG_AGO = NOW - dt.timedelta(days=10 * 365)
+
+
+def _journalled(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(uploads.c.upload_id)).scalars())
+
+
+def _record(engine: Engine, upload_id: str) -> journal.UploadRecord:
+    with engine.connect() as conn:
+        record = journal.get(conn, upload_id)
+    assert record is not None
+    return record
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _age(path: Path, when: dt.datetime) -> Path:
+    os.utime(path, (when.timestamp(), when.timestamp()))
+    return path
+
+
+def _upload(
+    engine: Engine,
+    paths: StoragePaths,
+    data: bytes,
+    *,
+    status: journal.Status,
+    received_at: dt.datetime,
+    finished_at: dt.datetime | None,
+    company: str = "acme",
+) -> tuple[str, Path, Path]:
+    """A journalled upload with a landing and a rejects file: (upload id, landing, rejects)."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    upload_id = upload_id_for(company, sha256)
+    with engine.begin() as conn:
+        journal.record(
+            conn,
+            journal.UploadRecord(
+                upload_id=upload_id,
+                company=company,
+                original_name="products.csv",
+                sha256=sha256,
+                kind="products",
+                source="test",
+                status=status,
+                received_at=received_at,
+                finished_at=finished_at,
+            ),
+        )
+    landing = paths.landing_file(company, sha256, ".csv")
+    landing.parent.mkdir(parents=True, exist_ok=True)
+    landing.write_bytes(data)
+    rejects = paths.rejects_file(company, upload_id)
+    rejects.parent.mkdir(parents=True, exist_ok=True)
+    rejects.write_text("row,column,value,reason\n3,sku,,required\n", encoding="utf-8")
+    # Landed bytes keep their inbox mtime, so an old mtime says nothing about the upload.
+    _age(landing, LONG_AGO)
+    _age(rejects, LONG_AGO)
+    return upload_id, landing, rejects
+
+
+def _register(paths: StoragePaths, engine: Engine, name: str, data: bytes) -> str:
+    (paths.inbox / "acme").mkdir(parents=True, exist_ok=True)
+    (paths.inbox / "acme" / name).write_bytes(data)
+    [upload_id] = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1).registered
+    return upload_id
+
+
+def test_old_completed_upload_is_listed_without_force_and_removed_with_force(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    frame = sales_frame(20, seed=4)
+    frame.loc[3, "quantity"] = 0  # one invalid row, so the import writes a rejects file
+    path = write_csv(frame, paths.inbox / "acme" / "sales.csv")
+    [upload_id] = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1).registered
+    record = _record(engine, upload_id)
+    result = import_upload(
+        engine,
+        landing_path(paths, record),
+        upload_id=upload_id,
+        company="acme",
+        kind="sales",
+        options=options_for({}, "acme"),
+        rejects_path=paths.rejects_file("acme", upload_id),
+        settings=ImportSettings(max_invalid_fraction=0.5),
+        run_id=None,
+        log=logging.getLogger("test"),
+    )
+    assert result.status == "completed"
+    finished_at = _record(engine, upload_id).finished_at
+    assert finished_at is not None
+    landing, rejects = landing_path(paths, record), paths.rejects_file("acme", upload_id)
+    assert not path.exists()
+    assert landing.exists()
+    assert rejects.exists()
+
+    retention = dt.timedelta(days=RETENTION)
+    at_boundary = plan_cleanup(engine, paths, RETENTION, finished_at + retention)
+    plan = plan_cleanup(engine, paths, RETENTION, finished_at + retention + dt.timedelta(seconds=1))
+    dry = apply_cleanup(engine, plan, force=False)
+
+    assert at_boundary.counts() == dict.fromkeys(at_boundary.counts(), 0)
+    assert plan.counts() == {
+        "journal_rows": 1,
+        "landing_files": 1,
+        "rejected_files": 0,
+        "rejects_files": 1,
+    }
+    assert plan.uploads == {upload_id: "sales"}
+    assert sorted(plan.sample()) == sorted([str(landing), str(rejects)])
+    assert plan.bytes == landing.stat().st_size + rejects.stat().st_size
+    assert dry.dry_run
+    assert dry.uploads_deleted == []
+    assert dry.files_deleted == 0
+    assert landing.exists()
+    assert rejects.exists()
+    assert _journalled(engine) == {upload_id}
+
+    done = apply_cleanup(engine, plan, force=True)
+
+    assert done.uploads_deleted == [upload_id]
+    assert (done.files_deleted, done.bytes_freed, done.files_kept) == (2, plan.bytes, [])
+    assert not landing.exists()
+    assert not rejects.exists()
+    assert _journalled(engine) == set()
+
+
+def test_received_and_processing_uploads_are_never_touched(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    received = _register(paths, engine, "a.csv", b"sku,name,unit_price,stock_quantity\nA,a,1,1\n")
+    processing = _register(paths, engine, "b.csv", b"sku,name,unit_price,stock_quantity\nB,b,1,1\n")
+    journal.mark_processing(engine, processing, run_id="run-1")
+    landed = [
+        _age(landing_path(paths, _record(engine, i)), LONG_AGO) for i in (received, processing)
+    ]
+    far_future = journal.now_utc() + dt.timedelta(days=100 * 365)
+
+    plan = plan_cleanup(engine, paths, RETENTION, far_future)
+    done = apply_cleanup(engine, plan, force=True)
+
+    assert plan.counts() == dict.fromkeys(plan.counts(), 0)
+    assert (done.uploads_deleted, done.files_deleted) == ([], 0)
+    assert all(p.exists() for p in landed)
+    assert _record(engine, received).status == "received"
+    assert _record(engine, processing).status == "processing"
+
+
+def test_rejected_files_go_with_their_reason_files_and_rows(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    (paths.inbox / "acme").mkdir(parents=True)
+    (paths.inbox / "acme" / "notes.txt").write_text("not an upload", encoding="utf-8")
+    (paths.inbox / "acme" / "empty.csv").write_bytes(b"")
+    rejected_ids = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1).rejected
+    files = sorted(paths.rejected.iterdir())
+    later = journal.now_utc() + dt.timedelta(days=RETENTION, seconds=1)
+
+    plan = plan_cleanup(engine, paths, RETENTION, later)
+    done = apply_cleanup(engine, plan, force=True)
+
+    assert len(rejected_ids) == 2
+    assert len(files) == 4
+    assert sum(f.name.endswith(REASON_SUFFIX) for f in files) == 2
+    assert sorted(plan.files("rejected")) == files
+    assert sorted(plan.uploads) == sorted(rejected_ids)
+    assert sorted(done.uploads_deleted) == sorted(rejected_ids)
+    assert done.files_deleted == 4
+    assert list(paths.rejected.iterdir()) == []
+    assert _journalled(engine) == set()
+
+
+def test_an_unjournalled_rejected_file_is_dated_by_its_reason_file(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    data = _age(_write(paths.rejected / "rejected.20240101T000000.0000aaaa__a.csv", b"x"), LONG_AGO)
+    reason = _age(_write(data.with_name(data.name + REASON_SUFFIX), b"empty file\n"), CUTOFF)
+
+    kept = plan_cleanup(engine, paths, RETENTION, NOW)
+    _age(reason, CUTOFF - dt.timedelta(seconds=1))
+    removed = plan_cleanup(engine, paths, RETENTION, NOW)
+
+    assert kept.files() == []
+    assert sorted(removed.files("rejected")) == sorted([data, reason])
+
+
+@pytest.mark.parametrize(
+    ("before_cutoff", "removed"), [(dt.timedelta(0), False), (dt.timedelta(seconds=1), True)]
+)
+def test_retention_boundary(
+    engine: Engine, paths: StoragePaths, before_cutoff: dt.timedelta, removed: bool
+) -> None:
+    when = CUTOFF - before_cutoff
+    finished, *_ = _upload(
+        engine, paths, b"finished", status="completed", received_at=LONG_AGO, finished_at=when
+    )
+    # A row that never finished is dated by when it was received.
+    unfinished, *_ = _upload(
+        engine, paths, b"unfinished", status="failed", received_at=when, finished_at=None
+    )
+    orphan_landing = paths.landing_file("acme", hashlib.sha256(b"orphan").hexdigest(), ".csv")
+    _age(_write(orphan_landing, b"orphan"), when)
+    orphan_rejects = _age(_write(paths.rejects_file("acme", "gone.1234"), b"r"), when)
+
+    plan = plan_cleanup(engine, paths, RETENTION, NOW)
+
+    expected_rows = {finished: "products", unfinished: "products"} if removed else {}
+    assert plan.uploads == expected_rows
+    assert plan.counts() == {
+        "journal_rows": 2 * removed,
+        "landing_files": 3 * removed,
+        "rejected_files": 0,
+        "rejects_files": 3 * removed,
+    }
+    assert (orphan_landing in plan.files()) is removed
+    assert (orphan_rejects in plan.files()) is removed
+
+
+def test_a_recent_duplicate_keeps_the_content_it_refers_to(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    data = b"sku,name,unit_price,stock_quantity\nA,a,1,1\n"
+    upload_id, landing, rejects = _upload(
+        engine, paths, data, status="completed", received_at=LONG_AGO, finished_at=LONG_AGO
+    )
+    original = _record(engine, upload_id)
+    with engine.begin() as conn:
+        journal.record(
+            conn,
+            journal.UploadRecord(
+                upload_id=f"{upload_id}.dup-1",
+                company="acme",
+                original_name="again.csv",
+                sha256=original.sha256,
+                kind="products",
+                source="test",
+                status="duplicate",
+                received_at=CUTOFF,
+                finished_at=CUTOFF,
+            ),
+        )
+
+    while_recent = plan_cleanup(engine, paths, RETENTION, NOW)
+    once_old = plan_cleanup(engine, paths, RETENTION, NOW + dt.timedelta(seconds=1))
+
+    assert while_recent.counts() == dict.fromkeys(while_recent.counts(), 0)
+    assert sorted(once_old.uploads) == [upload_id, f"{upload_id}.dup-1"]
+    assert sorted(once_old.files()) == sorted([landing, rejects])
+
+
+def test_an_upload_in_use_again_after_planning_is_kept(engine: Engine, paths: StoragePaths) -> None:
+    upload_id, landing, rejects = _upload(
+        engine, paths, b"reimported", status="completed", received_at=LONG_AGO, finished_at=LONG_AGO
+    )
+    plan = plan_cleanup(engine, paths, RETENTION, NOW)
+    journal.mark_processing(engine, upload_id, run_id="rematerialised")
+
+    done = apply_cleanup(engine, plan, force=True)
+
+    assert plan.uploads == {upload_id: "products"}
+    assert done.uploads_deleted == []
+    assert sorted(done.files_kept) == sorted([str(landing), str(rejects)])
+    assert landing.exists()
+    assert rejects.exists()
+    assert _journalled(engine) == {upload_id}
+
+
+def test_retention_must_be_at_least_a_day(engine: Engine, paths: StoragePaths) -> None:
+    with pytest.raises(ValueError, match="retention_days must be at least 1, got 0"):
+        plan_cleanup(engine, paths, 0, NOW)
+
+
+def _output_metadata(result: dg.ExecuteInProcessResult) -> dict[str, object]:
+    [output] = [e for e in result.events_for_node("cleanup") if e.is_successful_output]
+    return {k: v.value for k, v in output.step_output_data.metadata.items()}
+
+
+def test_cleanup_job_is_a_dry_run_unless_forced(
+    engine: Engine, paths: StoragePaths, resources: dict
+) -> None:
+    old = journal.now_utc() - dt.timedelta(days=40)
+    upload_id, landing, rejects = _upload(
+        engine, paths, b"old", status="completed", received_at=old, finished_at=old
+    )
+    partitions = PARTITIONS_BY_KIND["products"].name
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(partitions, [upload_id])
+
+        def run(force: bool) -> dg.ExecuteInProcessResult:
+            config = {"retention_days": 30, "force": force}
+            return cleanup_job.execute_in_process(
+                run_config={"ops": {"cleanup": {"config": config}}},
+                resources=resources,
+                instance=instance,
+            )
+
+        dry = run(force=False)
+        dry_metadata = _output_metadata(dry)
+        assert landing.exists()
+        assert rejects.exists()
+        assert _journalled(engine) == {upload_id}
+        forced = run(force=True)
+        forced_metadata = _output_metadata(forced)
+        partition_left = instance.has_dynamic_partition(partitions, upload_id)
+
+    assert dry.success
+    assert forced.success
+    assert dry_metadata["outcome"] == DRY_RUN == "dry run: nothing deleted, pass force: true"
+    assert (dry_metadata["journal_rows"], dry_metadata["landing_files"]) == (1, 1)
+    assert dry_metadata["rejects_files"] == 1
+    assert dry_metadata["retention_days"] == 30
+    assert str(landing) in str(dry_metadata["sample"])
+    assert forced_metadata["journal_rows_deleted"] == 1
+    assert forced_metadata["files_deleted"] == 2
+    assert not landing.exists()
+    assert not rejects.exists()
+    assert _journalled(engine) == set()
+    assert not partition_left
+
+
+def _schedule(domain_schedules: list, name: str) -> dg.ScheduleDefinition:
+    [schedule] = [s for s in domain_schedules if s.name == name]
+    return schedule
+
+
+def test_cleanup_schedule_requests_a_forced_cleanup_with_the_retention() -> None:
+    domain = build_maintenance(Calendar(timezone="Europe/Madrid"), retention_days=30)
+    schedule = _schedule(domain.schedules, "cleanup_schedule")
+    when = dt.datetime(2025, 3, 1, 3, 30, tzinfo=ZoneInfo("Europe/Madrid"))
+
+    with dg.build_schedule_context(scheduled_execution_time=when) as context:
+        request = schedule(context)
+
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_config["ops"] == {
+        "cleanup": {"config": {"retention_days": 30, "force": True}}
+    }
+    assert dg.validate_run_config(cleanup_job, request.run_config)
+    assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 3 * * *", "Europe/Madrid")
+    assert schedule.job_name == "cleanup_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+@pytest.mark.parametrize(("raw", "days"), [(None, 90), ("30", 30)])
+def test_definitions_pass_etl_retention_days_to_the_schedule(
+    monkeypatch: pytest.MonkeyPatch, raw: str | None, days: int
+) -> None:
+    if raw is None:
+        monkeypatch.delenv("ETL_RETENTION_DAYS", raising=False)
+    else:
+        monkeypatch.setenv("ETL_RETENTION_DAYS", raw)
+    schedules = [s for d in build_domains(Calendar()) for s in d.schedules]
+    when = dt.datetime(2025, 3, 1, 3, 30, tzinfo=dt.UTC)
+
+    with dg.build_schedule_context(scheduled_execution_time=when) as context:
+        request = _schedule(schedules, "cleanup_schedule")(context)
+
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_config["ops"]["cleanup"]["config"]["retention_days"] == days
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "ninety", "1.5"])
+def test_a_bad_etl_retention_days_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("ETL_RETENTION_DAYS", raw)
+
+    with pytest.raises(ValueError, match="ETL_RETENTION_DAYS must be a whole number") as error:
+        build_domains(Calendar())
+
+    assert repr(raw) in str(error.value)

@@ -1,0 +1,373 @@
+"""Pulling exports into the inbox from real directories, its job and its schedule."""
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+from sqlalchemy import Engine
+
+from etl_assets.definitions import build_domains
+from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
+from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED, build_maintenance
+from etl_assets.defs.resources import ImportSettingsResource, StorageResource
+from etl_assets.services import journal
+from etl_assets.services.pull import PullError, PullResult, pull_sources
+from etl_assets.services.registration import scan_inbox, upload_id_for
+from etl_assets.services.storage import StoragePaths
+
+OLD = 1_000_000_000.0
+PRODUCTS = b"sku,name,unit_price,stock_quantity\nA1,Anvil,9.99,3\n"
+SALES = b"transaction_id,sold_at,sku,quantity,unit_price\nT1,2025-01-02,A1,1,9.99\n"
+
+
+def _write(path: Path, data: bytes, mtime: float = OLD) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The one allowed root."""
+    root = tmp_path / "exports"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def source(root: Path) -> Path:
+    """A source with a products export for acme and a sales export for globex."""
+    source = root / "nightly"
+    _write(source / "acme" / "products.csv", PRODUCTS)
+    _write(source / "globex" / "sales.csv", SALES)
+    return source
+
+
+def _pull(source: Path, root: Path, paths: StoragePaths, now: float | None = None) -> PullResult:
+    return pull_sources(
+        source,
+        [root],
+        paths.inbox,
+        state_file=paths.data_dir / PULL_STATE_FILE,
+        settle_seconds=5,
+        now=time.time() if now is None else now,
+    )
+
+
+def _inbox_files(paths: StoragePaths) -> dict[str, bytes]:
+    """Every file in the inbox, hidden ones included, by path relative to the inbox."""
+    return {
+        str(p.relative_to(paths.inbox)): p.read_bytes()
+        for p in paths.inbox.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_pull_places_files_in_the_inbox_and_the_sensor_registers_them(
+    engine: Engine, paths: StoragePaths, root: Path, source: Path
+) -> None:
+    result = _pull(source, root, paths)
+    scan = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1)
+
+    assert sorted(result.pulled) == [
+        paths.inbox / "acme" / "products.csv",
+        paths.inbox / "globex" / "sales.csv",
+    ]
+    assert (result.already_pulled, result.waiting, result.skipped, result.errors) == (0, 0, [], [])
+    assert sorted(scan.registered) == sorted(
+        [
+            upload_id_for("acme", hashlib.sha256(PRODUCTS).hexdigest()),
+            upload_id_for("globex", hashlib.sha256(SALES).hexdigest()),
+        ]
+    )
+    with engine.connect() as conn:
+        records = [journal.get(conn, upload_id) for upload_id in scan.registered]
+    assert {(r.company, r.original_name, r.kind, r.status) for r in records if r} == {
+        ("acme", "products.csv", "products", "received"),
+        ("globex", "sales.csv", "sales", "received"),
+    }
+    # The source is left as it was; the sensor moved the copies out of the inbox.
+    assert (source / "acme" / "products.csv").read_bytes() == PRODUCTS
+    assert _inbox_files(paths) == {}
+
+
+def test_pulled_copies_are_complete_and_no_temporary_file_is_left(
+    paths: StoragePaths, root: Path, source: Path
+) -> None:
+    _pull(source, root, paths)
+
+    assert _inbox_files(paths) == {"acme/products.csv": PRODUCTS, "globex/sales.csv": SALES}
+
+
+def test_a_file_is_pulled_once_and_again_only_when_it_changes(
+    paths: StoragePaths, root: Path, source: Path
+) -> None:
+    first = _pull(source, root, paths)
+    second = _pull(source, root, paths)
+    changed = _write(
+        source / "acme" / "products.csv", PRODUCTS + b"A2,Anvil XL,19.99,1\n", OLD + 60
+    )
+    third = _pull(source, root, paths)
+    manifest = json.loads((paths.data_dir / PULL_STATE_FILE).read_text(encoding="utf-8"))
+
+    assert len(first.pulled) == 2
+    assert (second.pulled, second.already_pulled) == ([], 2)
+    assert (len(third.pulled), third.already_pulled) == (1, 1)
+    assert third.pulled[0].read_bytes() == changed.read_bytes()
+    assert third.pulled[0].parent == paths.inbox / "acme"
+    assert manifest[str(changed.resolve())] == [changed.stat().st_size, changed.stat().st_mtime_ns]
+    assert len(manifest) == 2
+
+
+def test_a_lost_manifest_pulls_again_and_the_sensor_journals_duplicates(
+    engine: Engine, paths: StoragePaths, root: Path, source: Path
+) -> None:
+    _pull(source, root, paths)
+    first = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1)
+    (paths.data_dir / PULL_STATE_FILE).unlink()
+
+    again = _pull(source, root, paths)
+    second = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1)
+
+    assert len(again.pulled) == 2
+    assert second.registered == []
+    assert sorted(d.rsplit(".dup-", 1)[0] for d in second.duplicates) == sorted(first.registered)
+
+
+def test_files_of_vanished_sources_leave_the_manifest(
+    paths: StoragePaths, root: Path, source: Path
+) -> None:
+    _pull(source, root, paths)
+    (source / "globex" / "sales.csv").unlink()
+
+    _pull(source, root, paths)
+    manifest = json.loads((paths.data_dir / PULL_STATE_FILE).read_text(encoding="utf-8"))
+
+    assert list(manifest) == [str((source / "acme" / "products.csv").resolve())]
+
+
+def test_a_file_still_being_written_waits_for_the_next_pull(
+    paths: StoragePaths, root: Path, source: Path
+) -> None:
+    now = OLD + 1000
+    _write(source / "acme" / "late.csv", PRODUCTS + b"A3,Anvil S,4.99,9\n", now - 4)
+
+    early = _pull(source, root, paths, now=now)
+    later = _pull(source, root, paths, now=now + 1)
+
+    assert (len(early.pulled), early.waiting) == (2, 1)
+    assert [p.name for p in later.pulled] == ["late.csv"]
+    assert later.waiting == 0
+
+
+def test_hidden_partial_and_misplaced_files_are_not_pulled(
+    paths: StoragePaths, root: Path, source: Path
+) -> None:
+    _write(source / "acme" / ".hidden.csv", PRODUCTS)
+    _write(source / "acme" / "products2.csv.part", PRODUCTS)
+    _write(source / ".cache" / "x.csv", PRODUCTS)
+    _write(source / "loose.csv", PRODUCTS)
+    _write(source / "Bad Company" / "x.csv", PRODUCTS)
+    _write(source / "acme" / "notes.txt", b"hello")
+    (source / "acme" / "nested").mkdir()
+
+    result = _pull(source, root, paths)
+
+    assert sorted(p.name for p in result.pulled) == ["products.csv", "sales.csv"]
+    assert sorted(result.skipped) == sorted(
+        [
+            f"{source / 'Bad Company'}: invalid company directory name",
+            f"{source / 'acme' / 'nested'}: not a regular file",
+            f"{source / 'acme' / 'notes.txt'}: unsupported file type (use .csv, .csv.gz, .xlsx)",
+            f"{source / 'loose.csv'}: not in a company directory",
+        ]
+    )
+    assert sorted(_inbox_files(paths)) == ["acme/products.csv", "globex/sales.csv"]
+
+
+def _outside_via_symlink(root: Path, outside: Path) -> Path:
+    link = root / "link"
+    link.symlink_to(outside, target_is_directory=True)
+    return link
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        lambda root, outside: outside,
+        lambda root, outside: _outside_via_symlink(root, outside),
+        lambda root, outside: root / ".." / outside.name,
+    ],
+    ids=["plain", "symlink", "dotdot"],
+)
+def test_a_source_outside_the_allowed_roots_is_refused(
+    paths: StoragePaths, root: Path, tmp_path: Path, how: Callable[[Path, Path], Path]
+) -> None:
+    outside = tmp_path / "elsewhere"
+    _write(outside / "acme" / "products.csv", PRODUCTS)
+    source = how(root, outside)
+
+    with pytest.raises(PullError, match="is outside the allowed roots") as error:
+        _pull(source, root, paths)
+
+    assert f"(resolved: {outside})" in str(error.value)
+    assert str(root) in str(error.value)
+    assert _inbox_files(paths) == {}
+
+
+def test_a_file_linking_outside_the_allowed_roots_is_skipped(
+    paths: StoragePaths, root: Path, source: Path, tmp_path: Path
+) -> None:
+    secret = _write(tmp_path / "secret" / "passwords.csv", b"user,password\nroot,hunter2\n")
+    (source / "acme" / "passwords.csv").symlink_to(secret)
+
+    result = _pull(source, root, paths)
+
+    assert result.skipped == [
+        f"{source / 'acme' / 'passwords.csv'}: resolves outside the allowed roots"
+    ]
+    assert "acme/passwords.csv" not in _inbox_files(paths)
+
+
+@pytest.mark.parametrize(
+    ("roots", "source_name", "message"),
+    [
+        ([], "nightly", "no allowed roots are configured, so pulling is disabled"),
+        (None, "missing", "cannot be resolved"),
+        (None, "nightly/acme/products.csv", "is not a directory"),
+    ],
+)
+def test_unusable_sources_are_refused(
+    paths: StoragePaths,
+    root: Path,
+    source: Path,
+    roots: list[Path] | None,
+    source_name: str,
+    message: str,
+) -> None:
+    with pytest.raises(PullError, match=message):
+        pull_sources(
+            root / source_name,
+            [root] if roots is None else roots,
+            paths.inbox,
+            state_file=paths.data_dir / PULL_STATE_FILE,
+            settle_seconds=0,
+            now=time.time(),
+        )
+
+
+def test_a_source_overlapping_the_inbox_is_refused(paths: StoragePaths) -> None:
+    with pytest.raises(PullError, match="overlap"):
+        pull_sources(
+            paths.data_dir,
+            [paths.data_dir],
+            paths.inbox,
+            state_file=paths.data_dir / PULL_STATE_FILE,
+            settle_seconds=0,
+            now=time.time(),
+        )
+
+
+def _job_resources(paths: StoragePaths, pull_roots: str) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "storage": StorageResource(data_dir=str(paths.data_dir), inbox_dir=str(paths.inbox)),
+        "import_settings": ImportSettingsResource(settle_seconds=0, pull_roots=pull_roots),
+    }
+
+
+def _run_pull(paths: StoragePaths, pull_roots: str, source: Path) -> dg.ExecuteInProcessResult:
+    return pull_job.execute_in_process(
+        run_config={"ops": {"pull": {"config": {"source": str(source)}}}},
+        resources=_job_resources(paths, pull_roots),
+        raise_on_error=False,
+    )
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    return str(failure.step_failure_data.error)
+
+
+def test_pull_job_pulls_from_a_source_inside_etl_pull_roots(
+    paths: StoragePaths, root: Path, source: Path, tmp_path: Path
+) -> None:
+    result = _run_pull(paths, os.pathsep.join([str(tmp_path / "other"), str(root)]), source)
+
+    [output] = [e for e in result.events_for_node("pull") if e.is_successful_output]
+    metadata = {k: v.value for k, v in output.step_output_data.metadata.items()}
+    assert result.success
+    assert (metadata["pulled"], metadata["already_pulled"], metadata["errors"]) == (2, 0, 0)
+    assert metadata["source"] == str(source)
+    assert sorted(_inbox_files(paths)) == ["acme/products.csv", "globex/sales.csv"]
+
+
+@pytest.mark.parametrize(
+    ("pull_roots", "message"),
+    [
+        ("", "pulling is disabled: ETL_PULL_ROOTS is empty"),
+        ("{tmp}/other", "is outside the allowed roots"),
+    ],
+)
+def test_pull_job_refuses_without_an_allowed_root(
+    paths: StoragePaths, source: Path, tmp_path: Path, pull_roots: str, message: str
+) -> None:
+    result = _run_pull(paths, pull_roots.format(tmp=tmp_path), source)
+
+    assert not result.success
+    assert message in _failure(result)
+    assert _inbox_files(paths) == {}
+
+
+def _pull_schedule(schedules: list) -> dg.ScheduleDefinition:
+    [schedule] = [s for s in schedules if s.name == "pull_schedule"]
+    return schedule
+
+
+def test_pull_schedule_requests_a_pull_of_the_source_at_two() -> None:
+    domain = build_maintenance(Calendar(timezone="America/New_York"), pull_source="/srv/exports")
+    schedule = _pull_schedule(domain.schedules)
+    when = dt.datetime(2025, 3, 1, 2, 0, tzinfo=ZoneInfo("America/New_York"))
+
+    with dg.build_schedule_context(scheduled_execution_time=when) as context:
+        request = schedule(context)
+
+    assert isinstance(request, dg.RunRequest)
+    assert request.run_config["ops"] == {"pull": {"config": {"source": "/srv/exports"}}}
+    assert dg.validate_run_config(pull_job, request.run_config)
+    assert (schedule.cron_schedule, schedule.execution_timezone) == (
+        "0 2 * * *",
+        "America/New_York",
+    )
+    assert schedule.job_name == "pull_job"
+
+
+@pytest.mark.parametrize("source", [None, "/srv/exports"])
+def test_definitions_pass_etl_pull_source_to_the_schedule(
+    monkeypatch: pytest.MonkeyPatch, source: str | None
+) -> None:
+    if source is None:
+        monkeypatch.delenv("ETL_PULL_SOURCE", raising=False)
+    else:
+        monkeypatch.setenv("ETL_PULL_SOURCE", source)
+    schedule = _pull_schedule([s for d in build_domains(Calendar()) for s in d.schedules])
+    when = dt.datetime(2025, 3, 1, 2, 0, tzinfo=dt.UTC)
+
+    with dg.build_schedule_context(scheduled_execution_time=when) as context:
+        request = schedule(context)
+
+    if source is None:
+        assert isinstance(request, dg.SkipReason)
+        assert request.skip_message == NOT_CONFIGURED
+        assert "ETL_PULL_SOURCE is not set" in NOT_CONFIGURED
+    else:
+        assert isinstance(request, dg.RunRequest)
+        assert request.run_config["ops"]["pull"]["config"]["source"] == source
