@@ -57,6 +57,8 @@ test: install services lint
 	$(BIN)/python -m pytest
 
 bench: install services
+	$(BIN)/python bench/aggregates_bench.py
+	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/import_bench.py
 
 clean:

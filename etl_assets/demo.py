@@ -10,6 +10,7 @@ from etl_assets.definitions import defs
 from etl_assets.samples import age, write_demo_inbox
 from etl_assets.warehouse.schema import uploads
 
+REPORT_COMPANY, REPORT_MONTH = "acme", "2025-03"
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 COLUMNS = ["file", "company", "kind", "status", "imported", "updated", "rejected", "message"]
 
@@ -27,20 +28,12 @@ def run_demo() -> int:
     age(files, settle_seconds + 1)
     print(f"dropped {len(files)} sample files into {paths.inbox}")
 
-    sensor = defs.resolve_sensor_def("upload_sensor")
-    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
-        result = sensor(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    for run in result.run_requests:
-        job = defs.resolve_job_def(run.job_name)
-        outcome = job.execute_in_process(
-            instance=instance, partition_key=run.partition_key, tags=run.tags, run_config=QUIET
-        )
-        print(
-            f"run {outcome.run_id[:8]} {run.job_name} {run.partition_key}: "
-            f"{'success' if outcome.success else 'FAILED'}"
-        )
+    ok = _tick("upload_sensor", instance)
+    # Aggregates refresh exactly the days the sales imports touched, as the daemon would do.
+    ok &= _tick("daily_sales_refresh_sensor", instance)
+    ok &= _execute(instance, "dashboard_metrics_job")
+    report_key = dg.MultiPartitionKey({"month": f"{REPORT_MONTH}-01", "company": REPORT_COMPANY})
+    ok &= _execute(instance, "monthly_reports_job", partition_key=report_key)
 
     with engine.connect() as conn:
         rows = (
@@ -71,9 +64,43 @@ def run_demo() -> int:
     print(f"landing   : {paths.landing}")
     print(f"rejected  : {paths.rejected}   (bad files, each with a .reason.txt)")
     print(f"rejects   : {paths.rejects}   (invalid rows: row, column, value, reason)")
-    print("runs      : `make dev`, then http://127.0.0.1:3000 (Runs, Assets > imports)")
+    for report in sorted(paths.report_dir(REPORT_COMPANY, REPORT_MONTH).glob("*")):
+        print(f"report    : {report}")
+    print("runs      : `make dev`, then http://127.0.0.1:3000 (Runs, Assets, Automation)")
     failed = [r for r in rows if r["status"] in ("failed", "processing", "received")]
-    return 1 if failed else 0
+    return 0 if ok and not failed else 1
+
+
+def _tick(sensor_name: str, instance: dg.DagsterInstance) -> bool:
+    """Evaluate a sensor once and execute the runs it requests, in this process."""
+    sensor = defs.resolve_sensor_def(sensor_name)
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    ok = True
+    for run in result.run_requests:
+        ok &= _execute(instance, run.job_name, partition_key=run.partition_key, tags=run.tags)
+    return ok
+
+
+def _execute(
+    instance: dg.DagsterInstance,
+    job_name: str,
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> bool:
+    job = defs.resolve_job_def(job_name)
+    outcome = job.execute_in_process(
+        instance=instance, partition_key=partition_key, tags=tags, run_config=QUIET
+    )
+    what = partition_key or " .. ".join(
+        v for k, v in (tags or {}).items() if "partition_range" in k
+    )
+    print(
+        f"run {outcome.run_id[:8]} {job_name} {what}: {'success' if outcome.success else 'FAILED'}"
+    )
+    return outcome.success
 
 
 def _n(value: int | None) -> str:

@@ -348,7 +348,7 @@ def report_pdf(report: MonthlyReport) -> bytes:
     pdf.cell(text="Top products by revenue", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
     pdf.set_font("DejaVu", "", 9)
     if report.top_products:
-        with pdf.table(col_widths=(8, 30, 62, 20, 30, 20)) as table:
+        with pdf.table(col_widths=(8, 30, 56, 18, 30, 28)) as table:
             table.row(["#", "SKU", "Name", "Units", "Revenue", "Transactions"])
             for p in report.top_products:
                 table.row(

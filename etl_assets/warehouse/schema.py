@@ -132,7 +132,8 @@ TABLES = {"products": products, "sales": sales}
 def make_engine(url: str) -> Engine:
     """An engine for the warehouse; SQLite gets WAL (readers never wait) and a busy timeout."""
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # A bounded connect keeps health checks and sensor ticks from hanging on a dead host.
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     engine = create_engine(url, connect_args={"timeout": 60})
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
