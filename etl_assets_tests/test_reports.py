@@ -314,6 +314,27 @@ def test_materialize_one_report_partition(
     assert not (paths.data_dir / "reports" / "globex").exists()
 
 
+def test_report_launched_with_a_plain_partition_tag(
+    engine: Engine, resources: dict, paths: StoragePaths, instance: dg.DagsterInstance
+) -> None:
+    """`dagster job launch --tags '{"dagster/partition": "acme|2025-12-01"}'` (README) works."""
+    _load(engine)
+    instance.add_dynamic_partitions("companies", ["acme"])
+    asset = build_monthly_sales_report(Calendar(timezone=TZ, start="2025-01-01"))
+    job = dg.Definitions(
+        assets=[asset],
+        jobs=[dg.define_asset_job("reports", selection=[asset])],
+        resources=resources,
+    ).resolve_job_def("reports")
+
+    result = job.execute_in_process(
+        instance=instance, tags={"dagster/partition": "acme|2025-12-01"}
+    )
+
+    assert result.success
+    assert (paths.report_dir("acme", "2025-12") / "monthly_sales_acme_2025-12.pdf").is_file()
+
+
 def _schedule_requests(
     calendar: Calendar, instance: dg.DagsterInstance, at: dt.datetime
 ) -> list[dg.RunRequest] | dg.SkipReason:

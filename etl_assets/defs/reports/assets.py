@@ -59,8 +59,9 @@ def build_monthly_sales_report(calendar: Calendar) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, storage: StorageResource
     ) -> dg.MaterializeResult:
         """One company's month of sales as CSV, JSON, XML and a PDF with a daily revenue chart."""
-        # The partitions are multi-dimensional, so the key is a MultiPartitionKey.
-        keys = context.partition_key.keys_by_dimension
+        # A run launched with only a `dagster/partition` tag carries the key as "company|month".
+        partitions = monthly_company_partitions(calendar)
+        keys = partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
         company, month = keys[COMPANY], dt.date.fromisoformat(keys[MONTH])
         directory = storage.paths().report_dir(company, f"{month:%Y-%m}")
         result = generate_monthly_report(
