@@ -31,7 +31,9 @@ dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -m etl_assets.definitions
 
 # Start the local PostgreSQL and Redis when they are down; fail if they do not come up.
+# nginx is only installed (never started here): the proxy tests run their own instance.
 services:
+	@command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx)
 	@if ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 	  echo "starting PostgreSQL"; \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; \

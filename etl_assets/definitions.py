@@ -11,6 +11,7 @@ import dagster as dg
 
 from etl_assets.defs.aggregates import build_aggregates
 from etl_assets.defs.calendar import Calendar, Domain
+from etl_assets.defs.execution import celery_executor_def
 from etl_assets.defs.imports.assets import (
     product_uploads,
     products_import_job,
@@ -18,6 +19,7 @@ from etl_assets.defs.imports.assets import (
     sales_uploads,
 )
 from etl_assets.defs.imports.sensors import upload_sensor
+from etl_assets.defs.maintenance.alerts import build_alerts
 from etl_assets.defs.maintenance.health import build_health
 from etl_assets.defs.maintenance.schedules import build_maintenance
 from etl_assets.defs.metrics import build_metrics
@@ -27,7 +29,10 @@ from etl_assets.defs.resources import (
     RedisResource,
     StorageResource,
     WarehouseResource,
+    WebhookResource,
 )
+
+EXECUTORS = ("multiprocess", "in_process", "celery")
 
 
 def _env(name: str, default: str | None) -> str | dg.EnvVar | None:
@@ -79,7 +84,24 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
             pull_roots=_env("ETL_PULL_ROOTS", ""),
         ),
         "redis": RedisResource(url=_env("ETL_REDIS_URL", None)),
+        "webhook": WebhookResource(url=_env("ETL_ALERT_WEBHOOK_URL", None)),
     }
+
+
+def build_executor() -> dg.ExecutorDefinition:
+    """`ETL_EXECUTOR`: `multiprocess` (default), `in_process` or `celery` (production)."""
+    name = os.environ.get("ETL_EXECUTOR") or "multiprocess"
+    if name == "multiprocess":
+        return dg.multiprocess_executor
+    if name == "in_process":
+        return dg.in_process_executor
+    if name != "celery":
+        raise ValueError(f"ETL_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    # Checked here, at load, because a run whose broker is unset would only fail once launched.
+    missing = [n for n in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if not os.environ.get(n)]
+    if missing:
+        raise ValueError(f"ETL_EXECUTOR=celery needs {' and '.join(missing)} to be set")
+    return celery_executor_def()
 
 
 def build_calendar() -> Calendar:
@@ -109,6 +131,7 @@ def build_domains(calendar: Calendar) -> list[Domain]:
         build_reports(calendar),
         build_health(calendar),
         maintenance,
+        build_alerts(),
     ]
 
 
@@ -122,6 +145,8 @@ def build_definitions() -> dg.Definitions:
         sensors=[s for d in domains for s in d.sensors],
         schedules=[s for d in domains for s in d.schedules],
         resources=build_resources(),
+        # The default of every job, and of ad-hoc materialisations from the UI or the CLI.
+        executor=build_executor(),
     )
 
 

@@ -41,7 +41,7 @@ JOBS = {
     "cleanup_job",
     "pull_job",
 }
-SENSORS = {"upload_sensor", "daily_sales_refresh_sensor"}
+SENSORS = {"upload_sensor", "daily_sales_refresh_sensor", "run_failure_alert_sensor"}
 SCHEDULES = {
     "daily_sales_schedule": "0 1 * * *",
     "dashboard_metrics_schedule": "*/5 * * * *",
@@ -124,7 +124,7 @@ def test_upload_sensor_runs_by_default() -> None:
 
 def test_resources_cover_every_requirement() -> None:
     defined = set(defs.resources or {})
-    assert defined == {"warehouse", "storage", "import_settings", "redis"}
+    assert defined == {"warehouse", "storage", "import_settings", "redis", "webhook"}
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         # `io_manager` is Dagster's default; the assets return MaterializeResult, never outputs.

@@ -1,6 +1,7 @@
-"""Resources: thin handles on the warehouse, the file areas, import settings and Redis."""
+"""Resources: thin handles on the warehouse, the file areas, import settings, Redis, alerts."""
 
 import os
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import dagster as dg
 from redis import Redis
 from sqlalchemy import Engine
 
+from etl_assets.services.alerts import post_alert
 from etl_assets.services.companies import CompanyOptions, load_company_options
 from etl_assets.services.importer import ImportSettings
 from etl_assets.services.storage import StoragePaths
@@ -96,3 +98,18 @@ class RedisResource(dg.ConfigurableResource):
             socket_connect_timeout=self.timeout_seconds,
             socket_timeout=self.timeout_seconds,
         )
+
+
+class WebhookResource(dg.ConfigurableResource):
+    """Where run-failure alerts are POSTed as JSON; optional (`url` None)."""
+
+    url: str | None = None
+    # Bounded, so a dead webhook cannot stall the sensor's tick.
+    timeout_seconds: float = 10.0
+
+    def post(self, payload: Mapping[str, object]) -> bool:
+        """POST the payload; False when no webhook is configured, an exception when it fails."""
+        if not self.url:
+            return False
+        post_alert(self.url, payload, self.timeout_seconds)
+        return True

@@ -126,6 +126,19 @@ daily_sales = Table(
     Column("distinct_products", Integer, nullable=False),
 )
 
+# One row per failed run, written by the run-failure sensor; `message` is scrubbed of secrets.
+run_failures = Table(
+    "run_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Unique: a sensor tick replayed after a crash must not record the same failure twice.
+    Column("run_id", String(64), nullable=False, unique=True),
+    Column("job_name", Text, nullable=False),
+    Column("error_class", String(255), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("failed_at", TIMESTAMP, nullable=False, index=True),
+)
+
 TABLES = {"products": products, "sales": sales}
 
 

@@ -5,6 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.execution import AGGREGATES_QUEUE, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import WarehouseResource
 from etl_assets.services.aggregates import CompanyDays, DailySalesResult, refresh_daily_sales
@@ -72,6 +73,7 @@ def build_daily_sales(calendar: Calendar) -> dg.AssetsDefinition:
         # On the definition, not on each event: a 365-day backfill writes 365 events.
         metadata={"dagster/column_schema": COLUMN_SCHEMA},
         retry_policy=IO_RETRY,
+        op_tags=on_queue(AGGREGATES_QUEUE),
     )
     def daily_sales(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource

@@ -7,6 +7,8 @@ from pydantic import Field
 
 from etl_assets.defs.aggregates.assets import DAILY_SALES, companies_markdown, refresh_metadata
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
+from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import WarehouseResource
 from etl_assets.services.aggregates import daily_sales_in_range, refresh_daily_sales
 
@@ -14,6 +16,7 @@ daily_sales_job = dg.define_asset_job(
     "daily_sales_job",
     selection=[DAILY_SALES],
     description="Materialise daily_sales for one day or a day range, in one run.",
+    tags=max_runtime(1800),
 )
 
 
@@ -42,7 +45,11 @@ class RebuildAggregatesConfig(dg.Config):
 def build_rebuild_aggregates_job(calendar: Calendar) -> dg.JobDefinition:
     """The destructive rebuild of `daily_sales` over a day range; a dry run unless forced."""
 
-    @dg.op(out=dg.Out(dg.Nothing), tags={"etl/destructive": "true"})
+    @dg.op(
+        out=dg.Out(dg.Nothing),
+        tags={"etl/destructive": "true", **on_queue(AGGREGATES_QUEUE)},
+        retry_policy=IO_RETRY,
+    )
     def rebuild_daily_sales(
         context: dg.OpExecutionContext,
         config: RebuildAggregatesConfig,
@@ -85,7 +92,7 @@ def build_rebuild_aggregates_job(calendar: Calendar) -> dg.JobDefinition:
             "DESTRUCTIVE: delete and recompute daily_sales for every company from `start` to "
             "`end`. Without `force: true` it only reports what it would delete."
         ),
-        tags={"etl/destructive": "true"},
+        tags={"etl/destructive": "true", **max_runtime(1800)},
     )
     def rebuild_aggregates_job() -> None:
         rebuild_daily_sales()

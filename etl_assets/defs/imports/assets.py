@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from etl_assets.defs.execution import IMPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.checks import check_results, check_specs
 from etl_assets.defs.imports.partitions import product_upload_partitions, sales_upload_partitions
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
@@ -109,6 +110,7 @@ def _import(
     kinds={"pandas", "sql"},
     check_specs=check_specs("product_uploads", orphans=False),
     retry_policy=IO_RETRY,
+    op_tags=on_queue(IMPORTS_QUEUE),
 )
 def product_uploads(
     context: dg.AssetExecutionContext,
@@ -126,6 +128,7 @@ def product_uploads(
     kinds={"pandas", "sql"},
     check_specs=check_specs("sales_uploads", orphans=True),
     retry_policy=IO_RETRY,
+    op_tags=on_queue(IMPORTS_QUEUE),
 )
 def sales_uploads(
     context: dg.AssetExecutionContext,
@@ -141,11 +144,13 @@ products_import_job = dg.define_asset_job(
     "products_import_job",
     selection=[product_uploads],
     description="Import one products upload (partition = upload id).",
+    tags=max_runtime(900),
 )
 sales_import_job = dg.define_asset_job(
     "sales_import_job",
     selection=[sales_uploads],
     description="Import one sales upload (partition = upload id).",
+    tags=max_runtime(900),
 )
 IMPORT_JOB_NAMES: dict[Kind, str] = {
     "products": products_import_job.name,

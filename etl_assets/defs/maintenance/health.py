@@ -3,6 +3,7 @@
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar, Domain
+from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
 from etl_assets.defs.resources import RedisResource, StorageResource, WarehouseResource
 from etl_assets.services.health import GIB, CheckResult, failed, run_health_checks
 
@@ -24,7 +25,7 @@ def _metadata(results: list[CheckResult]) -> dict[str, object]:
     }
 
 
-@dg.op(out=dg.Out(dg.Nothing))
+@dg.op(out=dg.Out(dg.Nothing), tags=on_queue(DEFAULT_QUEUE))
 def health_checks(
     context: dg.OpExecutionContext,
     config: HealthCheckConfig,
@@ -61,7 +62,10 @@ def health_checks(
     return dg.Output(None, metadata=_metadata(results))
 
 
-@dg.job(description="Check warehouse, Redis (when configured), free disk and the inbox.")
+@dg.job(
+    description="Check warehouse, Redis (when configured), free disk and the inbox.",
+    tags=max_runtime(1800),
+)
 def health_check_job() -> None:
     """The health check as a job of one op."""
     health_checks()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
@@ -59,7 +60,7 @@ def _forget_partitions(
     return forgotten
 
 
-@dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY)
+@dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY, tags=on_queue(DEFAULT_QUEUE))
 def cleanup(
     context: dg.OpExecutionContext,
     config: CleanupConfig,
@@ -112,7 +113,7 @@ def _pull_metadata(result: PullResult) -> dict[str, object]:
     }
 
 
-@dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY)
+@dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY, tags=on_queue(DEFAULT_QUEUE))
 def pull(
     context: dg.OpExecutionContext,
     config: PullConfig,
@@ -151,13 +152,19 @@ def pull(
     return dg.Output(None, metadata=_pull_metadata(result))
 
 
-@dg.job(description="Remove files and journal rows past the retention; a dry run unless forced.")
+@dg.job(
+    description="Remove files and journal rows past the retention; a dry run unless forced.",
+    tags=max_runtime(1800),
+)
 def cleanup_job() -> None:
     """The cleanup as a job of one op."""
     cleanup()
 
 
-@dg.job(description="Pull `<company>/<file>` exports from a source inside ETL_PULL_ROOTS.")
+@dg.job(
+    description="Pull `<company>/<file>` exports from a source inside ETL_PULL_ROOTS.",
+    tags=max_runtime(1800),
+)
 def pull_job() -> None:
     """The pull as a job of one op."""
     pull()

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import RedisResource, WarehouseResource
 from etl_assets.services.metrics import (
@@ -79,6 +80,7 @@ def build_dashboard_metrics(calendar: Calendar) -> dg.AssetsDefinition:
         kinds={"sql", "redis"},
         deps=["product_uploads", "sales_uploads"],
         retry_policy=IO_RETRY,
+        op_tags=on_queue(AGGREGATES_QUEUE),
     )
     def dashboard_metrics(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, redis: RedisResource
@@ -114,4 +116,5 @@ dashboard_metrics_job = dg.define_asset_job(
     "dashboard_metrics_job",
     selection=["dashboard_metrics"],
     description="Recompute the dashboard metrics of every company.",
+    tags=max_runtime(300),
 )

@@ -5,6 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.execution import REPORTS_QUEUE, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.reports.partitions import COMPANY, MONTH, monthly_company_partitions
 from etl_assets.defs.resources import StorageResource, WarehouseResource
@@ -54,6 +55,7 @@ def build_monthly_sales_report(calendar: Calendar) -> dg.AssetsDefinition:
         group_name="reports",
         kinds={"sql", "pdf"},
         retry_policy=IO_RETRY,
+        op_tags=on_queue(REPORTS_QUEUE),
     )
     def monthly_sales_report(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, storage: StorageResource

@@ -4,6 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.execution import REPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.reports.assets import MONTHLY_SALES_REPORT
 from etl_assets.defs.resources import StorageResource, WarehouseResource
@@ -13,6 +14,7 @@ monthly_reports_job = dg.define_asset_job(
     "monthly_reports_job",
     selection=[MONTHLY_SALES_REPORT],
     description="Write the monthly sales report of one company and month.",
+    tags=max_runtime(1800),
 )
 
 
@@ -29,7 +31,7 @@ class ExportConfig(dg.Config):
 def build_export_job(calendar: Calendar) -> dg.JobDefinition:
     """The export job; date ranges are days in the calendar's timezone."""
 
-    @dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY)
+    @dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY, tags=on_queue(REPORTS_QUEUE))
     def dataset_export(
         context: dg.OpExecutionContext,
         config: ExportConfig,
@@ -64,6 +66,7 @@ def build_export_job(calendar: Calendar) -> dg.JobDefinition:
     @dg.job(
         name="export_job",
         description="Export one company's products, sales or daily_sales to CSV, JSON or XML.",
+        tags=max_runtime(1800),
     )
     def export_job() -> None:
         dataset_export()

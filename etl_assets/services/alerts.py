@@ -1,0 +1,117 @@
+"""Run-failure alerts: scrub secrets, record the failure, post it to a webhook."""
+
+import datetime as dt
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from etl_assets.warehouse.schema import run_failures
+
+MASK = "***"
+SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "TOKEN")
+# Shorter values are not credentials worth hiding, and masking them would garble ordinary text.
+MIN_SECRET_LENGTH = 4
+# An alert is a summary for a person; the full error stays in the Dagster run.
+MAX_MESSAGE_CHARS = 4000
+
+# `scheme://user:password@` — the password may itself contain `@` when not URL-encoded, so it
+# runs up to the last `@` before the host.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^/\s]*@")
+# `password=...` as in libpq connection strings or query parameters.
+_KEY_VALUE = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd|secret|token|api_key|apikey)\s*[=:]\s*)[^\s&;,'\"]+",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """One failed run as recorded and alerted: nothing secret in it."""
+
+    run_id: str
+    job_name: str
+    error_class: str
+    message: str
+    failed_at: dt.datetime
+
+    def as_payload(self) -> dict[str, str]:
+        """The webhook's JSON body; `dagster_url_path` is relative to the webserver's address."""
+        return {
+            "job": self.job_name,
+            "run_id": self.run_id,
+            "error_class": self.error_class,
+            "message": self.message,
+            "failed_at": self.failed_at.astimezone(dt.UTC).isoformat(),
+            "dagster_url_path": f"/runs/{self.run_id}",
+        }
+
+
+def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """`text` without URL passwords, `password=` values and secret environment values."""
+    env = os.environ if environ is None else environ
+    secrets = sorted(
+        {
+            value
+            for name, value in env.items()
+            if any(part in name.upper() for part in SECRET_NAME_PARTS)
+            and len(value) >= MIN_SECRET_LENGTH
+        },
+        # Longest first, so a secret that contains another is masked whole.
+        key=len,
+        reverse=True,
+    )
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
+    return _KEY_VALUE.sub(rf"\g<head>{MASK}", text)
+
+
+def new_failure(
+    *, run_id: str, job_name: str, error_class: str, message: str, failed_at: dt.datetime
+) -> FailureRecord:
+    """A failure ready to record and send: the message scrubbed and bounded."""
+    return FailureRecord(
+        run_id=run_id,
+        job_name=job_name,
+        error_class=error_class,
+        message=scrub(message)[:MAX_MESSAGE_CHARS],
+        failed_at=failed_at,
+    )
+
+
+def record_failure(conn: Connection, failure: FailureRecord) -> bool:
+    """Insert the failure; False when its run was already recorded (a replayed sensor tick)."""
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    result = conn.execute(
+        insert(run_failures)
+        .values(
+            run_id=failure.run_id,
+            job_name=failure.job_name,
+            error_class=failure.error_class,
+            message=failure.message,
+            failed_at=failure.failed_at,
+        )
+        .on_conflict_do_nothing(index_elements=["run_id"])
+    )
+    return result.rowcount == 1
+
+
+def post_alert(url: str, payload: Mapping[str, object], timeout: float) -> int:
+    """POST `payload` as JSON to an http(s) URL; the HTTP status, or an exception (URLError)."""
+    if not url.startswith(("http://", "https://")):
+        # urllib would also open file:// and ftp:// URLs.
+        raise ValueError("the alert webhook must be an http:// or https:// URL")
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status
