@@ -21,20 +21,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from scratch_db import DEFAULT_URL, create_database, drop_database
 from sqlalchemy import make_url, text
 
-from etl_assets.warehouse.schema import create_schema, make_engine
+from etl_assets.warehouse.schema import make_engine
 
 # The export service is imported by the child only: Linux carries a process's peak RSS over
 # into the children it starts, so the parent stays small for the children's figures to count.
 
-DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REPO = Path(__file__).resolve().parent.parent
 COMPANY = "bench"
 OTHER_COMPANY = "other"
@@ -117,23 +114,6 @@ def run_child(case: Case, url: str, work: Path) -> Measurement:
     )
 
 
-def libpq_url(url: str) -> str:
-    """The SQLAlchemy URL as a libpq connection string (psycopg.connect wants no driver)."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def create_database(admin_url: str) -> str:
-    """Create `etl_bench_<random>` with the warehouse tables and return its SQLAlchemy URL."""
-    name = f"etl_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    create_schema(engine)
-    engine.dispose()
-    return url
-
-
 def load(url: str) -> None:
     """Generate the sales rows in the server (the parent's memory stays flat), then ANALYZE."""
     started = time.perf_counter()
@@ -151,15 +131,6 @@ def load(url: str) -> None:
         conn.execute(text("ANALYZE sales"))
     engine.dispose()
     print(f"loaded {ROWS:,} sales rows in {time.perf_counter() - started:.1f}s", flush=True)
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    """Drop the scratch database, disconnecting whatever still uses it."""
-    name = make_url(url).database
-    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
 
 
 def run_case(case: Case, url: str, work: Path) -> Measurement:
