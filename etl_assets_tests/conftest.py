@@ -11,7 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, create_engine, make_url, text
+from psycopg import sql
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.storage import StoragePaths
@@ -40,11 +41,16 @@ def pg_url(pg_admin: Engine) -> Iterator[str]:
     """A fresh PostgreSQL database for one test."""
     name = f"etl_test_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        _admin(conn, "CREATE DATABASE {}", name)
     url = make_url(postgres_server_url()).set(database=name)
     yield url.render_as_string(hide_password=False)
     with pg_admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _admin(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def _admin(conn: Connection, statement: str, database: str) -> None:
+    """Run a database-level statement with the name quoted as an identifier."""
+    conn.connection.driver_connection.execute(sql.SQL(statement).format(sql.Identifier(database)))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
