@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo dev test lint format bench services clean
+.PHONY: install demo dev test lint format bench services clean cluster cluster-stop
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,5 +63,12 @@ bench: install services
 	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/import_bench.py
 
+# The production topology on this machine, without Docker (see README, "Production").
+cluster: install services
+	bash deploy/cluster.sh start
+
+cluster-stop:
+	bash deploy/cluster.sh stop
+
 clean:
-	rm -rf $(VENV) .dagster_home data .bench .pytest_cache .ruff_cache
+	rm -rf $(VENV) .dagster_home data .bench .cluster .pytest_cache .ruff_cache

@@ -39,7 +39,10 @@ def services(compose: dict) -> dict:
 
 
 def _queues(command: list[str]) -> set[str]:
-    return {command[i + 1] for i, arg in enumerate(command) if arg == "-q"}
+    # One comma-separated -q: celery 5 keeps only the last of repeated -Q options.
+    flags = [command[i + 1] for i, arg in enumerate(command) if arg == "-q"]
+    assert len(flags) == 1, f"use one comma-separated -q, not {flags}"
+    return set(flags[0].split(","))
 
 
 def _depends(service: dict) -> dict[str, str]:
