@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The production topology without Docker, on loopback: `deploy/cluster.sh start|stop`.
+# The production topology without Docker, on loopback: `deploy/cluster.sh start|stop`, and
+# `deploy/cluster.sh restart SERVICE` for one service (e.g. a worker that was killed).
 # Fresh PostgreSQL databases for the instance and the warehouse on the local server, a Redis
-# DB number as broker, the gRPC code server, webserver, daemon, two celery workers on
-# different queues and nginx with the compose proxy's auth config. Every process runs in its
-# own process group (setsid), so `stop` signals whole groups and leaves nothing behind.
+# DB number as broker, the gRPC code server, webserver, daemon, celery workers on different
+# queues (`imports`, scaled by ETL_CLUSTER_IMPORT_WORKERS; the rest) and nginx with the
+# compose proxy's auth config. Every process runs in its own process group (setsid), so
+# `stop` signals whole groups and leaves nothing behind.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,17 +17,27 @@ GRPC_PORT=${ETL_CLUSTER_GRPC_PORT:-4266}
 WEB_PORT=${ETL_CLUSTER_WEB_PORT:-3300}
 PROXY_PORT=${ETL_CLUSTER_PROXY_PORT:-8480}
 DB_PREFIX=${ETL_CLUSTER_DB_PREFIX:-etl_cluster}
-SERVICES=(code webserver daemon worker-imports worker-general proxy)
+IMPORT_WORKERS=${ETL_CLUSTER_IMPORT_WORKERS:-1}
+# Steps each worker runs at once: one per worker, so scaling is by workers, as in compose.
+CONCURRENCY=${ETL_CLUSTER_WORKER_CONCURRENCY:-1}
+# Tests shorten the broker's redelivery delay to see a lost step redelivered within a minute.
+VISIBILITY_TIMEOUT=${ETL_CLUSTER_VISIBILITY_TIMEOUT:-}
+QUEUE_WAIT=${ETL_CLUSTER_QUEUE_WAIT_SECONDS:-60}
+
+stop_service() {  # name: TERM its process group, KILL it after 10 s
+  local pidfile=$DIR/run/$1.pid pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  rm -f "$pidfile"
+}
 
 stop() {
-  for name in "${SERVICES[@]}"; do
-    pidfile=$DIR/run/$name.pid
-    [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    rm -f "$pidfile"
+  local pidfile
+  for pidfile in "$DIR"/run/*.pid; do
+    [ -e "$pidfile" ] && stop_service "$(basename "$pidfile" .pid)"
   done
   echo "cluster stopped"
 }
@@ -34,6 +46,26 @@ launch() {  # name, command...: its own session and process group; log and pid u
   local name=$1; shift
   setsid "$@" >"$DIR/logs/$name.log" 2>&1 < /dev/null &
   echo $! >"$DIR/run/$name.pid"
+}
+
+worker() {  # name, queues
+  launch "worker-$1" dagster-celery worker start -A dagster_celery.app \
+    -y "$DIR/celery_worker.yaml" -n "$1" -q "$2" -- --concurrency="$CONCURRENCY"
+}
+
+service() {  # name: start that one service
+  case $1 in
+    code) launch code dagster api grpc -m etl_assets.definitions -h 127.0.0.1 -p "$GRPC_PORT" ;;
+    webserver) launch webserver dagster-webserver -h 127.0.0.1 -p "$WEB_PORT" -w workspace.yaml ;;
+    daemon) launch daemon dagster-daemon run -w workspace.yaml ;;
+    worker-imports-*) worker "${1#worker-}" imports ;;
+    worker-general) worker general aggregates,reports,dagster ;;
+    proxy)
+      launch proxy nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" \
+        -g "daemon off; pid $DIR/nginx/nginx.pid;"
+      ;;
+    *) echo "unknown service: $1" >&2; return 2 ;;
+  esac
 }
 
 wait_for() {  # description, command: poll until it succeeds, at most 60 s
@@ -56,6 +88,12 @@ start() {
   done
   redis-cli -n "$REDIS_DB" flushdb >/dev/null
   cp "$ROOT/dagster.yaml" "$DIR/home/dagster.yaml"
+  cp "$ROOT/celery_worker.yaml" "$DIR/celery_worker.yaml"
+  if [ -n "$VISIBILITY_TIMEOUT" ]; then
+    # Workers look for expired deliveries every 10 polls of 10 s; every poll, for the test.
+    sed -i "s/^\( *\)visibility_timeout: .*/\1visibility_timeout: $VISIBILITY_TIMEOUT\n\1unacked_restore_throttle: 1/" \
+      "$DIR/celery_worker.yaml"
+  fi
   local password
   password=$(head -c 12 /dev/urandom | base64 | tr -dc 'a-zA-Z0-9')
   cat >"$DIR/env" <<EOF
@@ -65,7 +103,7 @@ export DAGSTER_POSTGRES_PASSWORD= DAGSTER_POSTGRES_DB=${DB_PREFIX}_instance
 export DAGSTER_MAX_CONCURRENT_RUNS=8
 export DAGSTER_STORAGE_DIR=$DIR/storage DAGSTER_COMPUTE_LOGS_DIR=$DIR/storage/logs
 export DAGSTER_GRPC_HOST=127.0.0.1 DAGSTER_GRPC_PORT=$GRPC_PORT
-export ETL_EXECUTOR=celery
+export ETL_EXECUTOR=celery ETL_CELERY_QUEUE_WAIT_SECONDS=$QUEUE_WAIT
 export CELERY_BROKER_URL=redis://127.0.0.1:6379/$REDIS_DB
 export CELERY_RESULT_BACKEND=redis://127.0.0.1:6379/$REDIS_DB
 export ETL_REDIS_URL=redis://127.0.0.1:6379/$REDIS_DB
@@ -76,21 +114,18 @@ EOF
   # shellcheck source=/dev/null
   source "$DIR/env"
   cd "$ROOT"
-  launch code dagster api grpc -m etl_assets.definitions -h 127.0.0.1 -p "$GRPC_PORT"
+  service code
   wait_for "the code server" dagster api grpc-health-check -p "$GRPC_PORT"
-  launch webserver dagster-webserver -h 127.0.0.1 -p "$WEB_PORT" -w workspace.yaml
-  launch daemon dagster-daemon run -w workspace.yaml
-  launch worker-imports dagster-celery worker start -A dagster_celery.app \
-    -y celery_worker.yaml -n imports -q imports
-  launch worker-general dagster-celery worker start -A dagster_celery.app \
-    -y celery_worker.yaml -n general -q aggregates,reports,dagster
+  service webserver
+  service daemon
+  for i in $(seq "$IMPORT_WORKERS"); do service "worker-imports-$i"; done
+  service worker-general
   cp deploy/nginx/nginx.conf "$DIR/nginx/nginx.conf"
   sed -e "s/127.0.0.1:3000/127.0.0.1:$WEB_PORT/" deploy/nginx/upstreams.local.conf \
     >"$DIR/nginx/upstreams.conf"
   sed -i "s/listen 8080;/listen 127.0.0.1:$PROXY_PORT;/" "$DIR/nginx/nginx.conf"
   PROXY_USER=etl PROXY_PASSWORD=$password sh deploy/nginx/htpasswd.sh "$DIR/nginx/htpasswd"
-  launch proxy nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" \
-    -g "daemon off; pid $DIR/nginx/nginx.pid;"
+  service proxy
   wait_for "the webserver" curl -sf "http://127.0.0.1:$WEB_PORT/server_info"
   wait_for "the proxy" curl -sf -u "etl:$password" "http://127.0.0.1:$PROXY_PORT/server_info"
   cat <<EOF
@@ -103,8 +138,18 @@ stop with: make cluster-stop
 EOF
 }
 
+restart() {  # name: stop one service and start it again in the running cluster's environment
+  # shellcheck source=/dev/null
+  source "$DIR/env"
+  cd "$ROOT"
+  stop_service "$1"
+  service "$1"
+  echo "restarted $1"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  restart) restart "${2:?usage: $0 restart SERVICE}" ;;
+  *) echo "usage: $0 start|stop|restart SERVICE" >&2; exit 2 ;;
 esac

@@ -54,13 +54,14 @@ def _fraction_env(name: str, default: float) -> float:
     return value
 
 
-def _days_env(name: str, default: int) -> int:
-    # Goes into schedule run config, not a resource, so it is parsed here, with a clear error.
+def _count_env(name: str, default: int, unit: str) -> int:
+    # Goes into schedule run config or executor arguments, not a resource, so it is parsed
+    # here, with a clear error.
     raw = os.environ.get(name)
     if not raw:
         return default
     if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"{name} must be a whole number of days, at least 1, got {raw!r}")
+        raise ValueError(f"{name} must be a whole number of {unit}, at least 1, got {raw!r}")
     return int(raw)
 
 
@@ -101,7 +102,7 @@ def build_executor() -> dg.ExecutorDefinition:
     missing = [n for n in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND") if not os.environ.get(n)]
     if missing:
         raise ValueError(f"ETL_EXECUTOR=celery needs {' and '.join(missing)} to be set")
-    return celery_executor_def()
+    return celery_executor_def(_count_env("ETL_CELERY_QUEUE_WAIT_SECONDS", 60, "seconds"))
 
 
 def build_calendar() -> Calendar:
@@ -122,7 +123,7 @@ def build_domains(calendar: Calendar) -> list[Domain]:
     maintenance = build_maintenance(
         calendar,
         pull_source=os.environ.get("ETL_PULL_SOURCE") or None,
-        retention_days=_days_env("ETL_RETENTION_DAYS", 90),
+        retention_days=_count_env("ETL_RETENTION_DAYS", 90, "days"),
     )
     return [
         imports,

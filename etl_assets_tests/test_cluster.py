@@ -1,9 +1,14 @@
 """The local production topology (`make cluster`): real daemon, code server, celery workers,
-PostgreSQL instance and warehouse, Redis broker and the nginx proxy, torn down afterwards."""
+PostgreSQL instance and warehouse, Redis broker and the nginx proxy, torn down afterwards.
+
+One cluster serves the whole module (starting one takes ~25 s). Tests that kill a worker start
+it again before they end; the test that stops the cluster comes last.
+"""
 
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -12,18 +17,31 @@ import urllib.error
 import urllib.request
 import uuid
 from base64 import b64encode
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+import dagster as dg
 import pytest
+from dagster_graphql import DagsterGraphQLClient
 from psycopg import sql
-from sqlalchemy import create_engine, func, select
+from redis import Redis
+from sqlalchemy import Engine, column, create_engine, func, select, table
 
 from etl_assets.cli import place_upload
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.warehouse.schema import daily_sales, uploads
+from etl_assets.warehouse.schema import daily_sales, sales, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 300
+REDIS_DB = 12
+# The broker redelivers a lost step after this long (production: 7200 s, see execution.py).
+VISIBILITY_TIMEOUT_SECONDS = 30
+# How long a step waits for a worker on its queue before its run fails.
+QUEUE_WAIT_SECONDS = 10
+# Long enough (~15 s per import on this machine) to kill a worker in the middle of one.
+LONG_IMPORT_ROWS = 300_000
 # Imports go to the `imports` queue, the touched-days refresh to `aggregates` (general worker).
 STEPS = [
     ("worker-imports", "product_uploads"),
@@ -31,11 +49,35 @@ STEPS = [
     ("worker-general", "daily_sales"),
 ]
 
+event_logs = table(
+    "event_logs",
+    column("id"),
+    column("run_id"),
+    column("event"),
+    column("dagster_event_type"),
+    column("step_key"),
+)
+run_tags = table("run_tags", column("run_id"), column("key"), column("value"))
+
 
 def _ran_on(directory: Path, worker: str, step: str) -> bool:
-    """The worker's log holds the step's materialisation event (steps log where they run)."""
-    log = directory / "logs" / f"{worker}.log"
-    return f"{step} - ASSET_MATERIALIZATION" in log.read_text(errors="replace")
+    """A log of the worker (`worker-imports` covers every import worker) holds the step's
+    materialisation event (steps log where they run)."""
+    return any(
+        f"{step} - ASSET_MATERIALIZATION" in log.read_text(errors="replace")
+        for log in (directory / "logs").glob(f"{worker}*.log")
+    )
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
+    """Poll `condition` until it holds; the seconds it took. Fails the test at the deadline."""
+    started = time.monotonic()
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            pytest.fail(f"{what}: not within {seconds:.0f}s")
+        pause.wait(0.5)  # a condition poll with a deadline, not a fixed sleep
+    return time.monotonic() - started
 
 
 def _free_port() -> int:
@@ -69,8 +111,132 @@ def _processes_of(home: Path) -> list[int]:
     return found
 
 
-@pytest.fixture
-def cluster(pg_admin):
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    banner: str
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.env["ETL_CLUSTER_DIR"])
+
+    @property
+    def password(self) -> str:
+        return re.search(r"password (\S+)", self.banner).group(1)
+
+    def database(self, suffix: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{self.env['ETL_CLUSTER_DB_PREFIX']}_{suffix}"
+
+    def graphql(self) -> DagsterGraphQLClient:
+        """A GraphQL client going through the authenticating proxy, as operators' scripts do."""
+        credentials = b64encode(f"etl:{self.password}".encode()).decode()
+        return DagsterGraphQLClient(
+            "127.0.0.1",
+            port_number=int(self.env["ETL_CLUSTER_PROXY_PORT"]),
+            headers={"Authorization": f"Basic {credentials}"},
+        )
+
+    def kill(self, service: str) -> None:
+        """`kill -9` a service's whole process group: the machine it ran on is gone."""
+        pid = int((self.directory / "run" / f"{service}.pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+
+    def restart(self, service: str) -> None:
+        subprocess.run(
+            ["bash", str(ROOT / "deploy" / "cluster.sh"), "restart", service],
+            env=self.env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def drop(self, source: Path, company: str) -> None:
+        place_upload(source, company, self.directory / "data" / "inbox")
+
+
+@dataclass
+class RunEvent:
+    type: str
+    step_key: str | None
+    at: datetime
+    entry: dg.EventLogEntry
+
+
+def _run_events(instance: Engine, run_id: str) -> list[RunEvent]:
+    with instance.connect() as conn:
+        rows = conn.execute(
+            select(event_logs.c.event)
+            .where(event_logs.c.run_id == run_id)
+            .order_by(event_logs.c.id)
+        ).scalars()
+        entries = [dg.deserialize_value(row, dg.EventLogEntry) for row in rows]
+    return [
+        RunEvent(
+            entry.dagster_event.event_type_value,
+            entry.step_key,
+            datetime.fromtimestamp(entry.timestamp),
+            entry,
+        )
+        for entry in entries
+        if entry.dagster_event is not None
+    ]
+
+
+def _company_run(instance: Engine, company: str) -> str | None:
+    """The run launched for a company's upload (runs carry the `etl/company` tag)."""
+    with instance.connect() as conn:
+        return conn.execute(
+            select(run_tags.c.run_id).where(
+                run_tags.c.key == "etl/company", run_tags.c.value == company
+            )
+        ).scalar_one_or_none()
+
+
+def _run_ended(instance: Engine, company: str) -> bool:
+    run_id = _company_run(instance, company)
+    return run_id is not None and any(
+        event.type in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE", "PIPELINE_CANCELED")
+        for event in _run_events(instance, run_id)
+    )
+
+
+def _of_type(events: list[RunEvent], kind: str) -> list[RunEvent]:
+    return [event for event in events if event.type == kind]
+
+
+def _workers(events: list[RunEvent]) -> list[str]:
+    """The celery workers that took the run's steps, in order (one per delivery)."""
+    return [
+        event.entry.dagster_event.engine_event_data.metadata["Celery worker"].text
+        for event in _of_type(events, "ENGINE_EVENT")
+        if "Celery worker" in event.entry.dagster_event.engine_event_data.metadata
+    ]
+
+
+def _worker_exited(events: list[RunEvent]) -> bool:
+    """The run worker process the code server started for the run has exited."""
+    messages = [event.entry.dagster_event.message or "" for event in events]
+    (started,) = [m for m in messages if m.startswith("Started process for run")]
+    pid = int(re.search(r"pid: (\d+)", started).group(1))
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, not yet reaped by its parent
+
+
+def _journal(warehouse: Engine, company: str) -> tuple[str, int | None]:
+    """The company's one upload: status and rows imported (`unregistered` before the sensor)."""
+    with warehouse.connect() as conn:
+        row = conn.execute(
+            select(uploads.c.status, uploads.c.rows_imported).where(uploads.c.company == company)
+        ).one_or_none()
+    return ("unregistered", None) if row is None else (row.status, row.rows_imported)
+
+
+@pytest.fixture(scope="module")
+def cluster(pg_admin) -> Iterator[Cluster]:
     """Start `deploy/cluster.sh` on free ports, its own databases and Redis DB; stop it after.
 
     The directory is under the repository, not pytest's private temporary directory: nginx's
@@ -82,7 +248,10 @@ def cluster(pg_admin):
         **os.environ,
         "ETL_CLUSTER_DIR": str(directory),
         "ETL_CLUSTER_DB_PREFIX": prefix,
-        "ETL_CLUSTER_REDIS_DB": "12",
+        "ETL_CLUSTER_REDIS_DB": str(REDIS_DB),
+        "ETL_CLUSTER_IMPORT_WORKERS": "2",
+        "ETL_CLUSTER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_SECONDS),
+        "ETL_CLUSTER_QUEUE_WAIT_SECONDS": str(QUEUE_WAIT_SECONDS),
         "ETL_CLUSTER_GRPC_PORT": str(_free_port()),
         "ETL_CLUSTER_WEB_PORT": str(_free_port()),
         "ETL_CLUSTER_PROXY_PORT": str(_free_port()),
@@ -93,7 +262,7 @@ def cluster(pg_admin):
             [*script, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
         )
         assert started.returncode == 0, started.stdout + started.stderr
-        yield env, started.stdout
+        yield Cluster(env, started.stdout)
     finally:
         subprocess.run([*script, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=120)
         shutil.rmtree(directory, ignore_errors=True)
@@ -104,62 +273,201 @@ def cluster(pg_admin):
                 raw.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
 
 
-def test_uploads_run_on_the_celery_workers_behind_the_authenticating_proxy(cluster) -> None:
-    env, banner = cluster
-    directory = Path(env["ETL_CLUSTER_DIR"])
-    password = re.search(r"password (\S+)", banner).group(1)
-    proxy = f"http://127.0.0.1:{env['ETL_CLUSTER_PROXY_PORT']}/server_info"
-    assert _status(proxy) == 401
-    assert _status(proxy, f"etl:{password}") == 200
+@pytest.fixture(scope="module")
+def instance(cluster: Cluster) -> Iterator[Engine]:
+    """The cluster's Dagster instance database (runs and event log)."""
+    engine = create_engine(cluster.database("instance"))
+    yield engine
+    engine.dispose()
 
-    files = directory / "source"
+
+@pytest.fixture(scope="module")
+def warehouse(cluster: Cluster) -> Iterator[Engine]:
+    engine = create_engine(cluster.database("warehouse"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def long_sales(cluster: Cluster) -> Path:
+    """A sales file whose import takes long enough to overlap with another, or to be killed."""
+    path = cluster.directory / "source" / "long-sales.csv"
+    write_csv(sales_frame(LONG_IMPORT_ROWS, seed=7, skus=300), path)
+    return path
+
+
+def test_uploads_run_on_the_celery_workers_behind_the_authenticating_proxy(
+    cluster: Cluster, warehouse: Engine
+) -> None:
+    proxy = f"http://127.0.0.1:{cluster.env['ETL_CLUSTER_PROXY_PORT']}/server_info"
+    assert _status(proxy) == 401
+    assert _status(proxy, f"etl:{cluster.password}") == 200
+
+    files = cluster.directory / "source"
     write_csv(products_frame(300, seed=1), files / "products.csv")
     write_csv(sales_frame(2000, seed=2, skus=300), files / "sales.csv")
-    started = time.monotonic()
     for name in ("products.csv", "sales.csv"):
-        place_upload(files / name, "acme", directory / "data" / "inbox")
+        cluster.drop(files / name, "acme")
 
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{env['ETL_CLUSTER_DB_PREFIX']}_warehouse"
-    engine = create_engine(url)
-    wait = threading.Event()
-    statuses: dict[str, str] = {}
-    days = 0
-    try:
-        while time.monotonic() - started < DEADLINE_SECONDS:
-            with engine.connect() as conn:
-                statuses = dict(
-                    conn.execute(select(uploads.c.original_name, uploads.c.status)).all()
+    def journal() -> dict[str, tuple[str, int | None]]:
+        with warehouse.connect() as conn:
+            rows = conn.execute(
+                select(uploads.c.original_name, uploads.c.status, uploads.c.rows_imported).where(
+                    uploads.c.company == "acme"
                 )
-                days = conn.execute(select(func.count()).select_from(daily_sales)).scalar_one()
-            if statuses == {"products.csv": "completed", "sales.csv": "completed"} and all(
-                _ran_on(directory, worker, step) for worker, step in STEPS
-            ):
-                break
-            wait.wait(2)  # a condition poll with a deadline, not a fixed sleep
-        with engine.connect() as conn:
-            imported = dict(
-                conn.execute(select(uploads.c.original_name, uploads.c.rows_imported)).all()
-            )
-    finally:
-        engine.dispose()
-    elapsed = time.monotonic() - started
+            ).all()
+        return {name: (status, imported) for name, status, imported in rows}
+
+    def done() -> bool:
+        return {status for status, _ in journal().values()} == {"completed"} and all(
+            _ran_on(cluster.directory, worker, step) for worker, step in STEPS
+        )
+
+    elapsed = _wait_for(done, DEADLINE_SECONDS, "both uploads imported and daily_sales refreshed")
     print(f"cluster: both uploads completed and daily_sales filled in {elapsed:.0f}s")
 
-    assert statuses == {"products.csv": "completed", "sales.csv": "completed"}
-    assert imported == {"products.csv": 300, "sales.csv": 2000}
-    assert days > 0
+    assert journal() == {"products.csv": ("completed", 300), "sales.csv": ("completed", 2000)}
+    with warehouse.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(daily_sales)).scalar_one() > 0
     for worker, step in STEPS:
-        assert _ran_on(directory, worker, step), f"{step} did not run on {worker}"
-    assert not _ran_on(directory, "worker-general", "sales_uploads")
+        assert _ran_on(cluster.directory, worker, step), f"{step} did not run on {worker}"
+    assert not _ran_on(cluster.directory, "worker-general", "sales_uploads")
 
 
-def test_stop_leaves_no_process_behind(cluster) -> None:
-    env, _ = cluster
-    home = Path(env["ETL_CLUSTER_DIR"]) / "home"
+def test_a_job_launched_through_the_graphql_api_completes(cluster: Cluster) -> None:
+    client = cluster.graphql()
+    asked = time.monotonic()
+    run_id = client.submit_job_execution("health_check_job", repository_location_name="etl_assets")
+    answered = time.monotonic() - asked
+
+    statuses: list[dg.DagsterRunStatus] = []
+
+    def finished() -> bool:
+        statuses.append(client.get_run_status(run_id))
+        return statuses[-1] in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+
+    elapsed = _wait_for(finished, 120, "the GraphQL-launched run finished")
+    print(f"cluster: GraphQL launch answered in {answered:.1f}s, run done in {elapsed:.0f}s")
+
+    assert answered < 5, "the launch mutation should return the run id at once"
+    assert statuses[0] != dg.DagsterRunStatus.SUCCESS, "the first poll came before the run ended"
+    assert statuses[-1] == dg.DagsterRunStatus.SUCCESS
+
+
+def test_two_uploads_import_at_the_same_time_on_the_two_import_workers(
+    cluster: Cluster, instance: Engine, warehouse: Engine, long_sales: Path
+) -> None:
+    companies = ("north", "south")
+    for company in companies:
+        cluster.drop(long_sales, company)
+
+    _wait_for(
+        lambda: all(_run_ended(instance, company) for company in companies),
+        DEADLINE_SECONDS,
+        "both import runs ended",
+    )
+
+    spans, workers = [], []
+    for company in companies:
+        events = _run_events(instance, _company_run(instance, company))
+        (start,) = _of_type(events, "STEP_START")
+        (end,) = _of_type(events, "STEP_SUCCESS")
+        spans.append((start.at, end.at))
+        workers += _workers(events)
+    (_, first_end), (second_start, _) = sorted(spans)
+    overlap = (first_end - second_start).total_seconds()
+    print(f"cluster: the two import steps overlapped for {overlap:.0f}s on {workers}")
+    assert overlap > 0, "the two import steps did not overlap"
+    assert sorted(worker.split("@")[0] for worker in workers) == ["imports-1", "imports-2"]
+
+
+def test_a_killed_worker_s_step_is_redelivered_and_imports_exactly_once(
+    cluster: Cluster, instance: Engine, warehouse: Engine, long_sales: Path
+) -> None:
+    cluster.drop(long_sales, "east")
+
+    def step_running() -> bool:
+        run_id = _company_run(instance, "east")
+        return run_id is not None and bool(_of_type(_run_events(instance, run_id), "STEP_START"))
+
+    _wait_for(step_running, DEADLINE_SECONDS, "the import step started")
+    run_id = _company_run(instance, "east")
+    (first_worker,) = _workers(_run_events(instance, run_id))
+    victim = "worker-" + first_worker.split("@")[0]
+    cluster.kill(victim)
+    try:
+        assert _journal(warehouse, "east")[0] == "processing", "killed after the step ended"
+        redelivered = _wait_for(
+            lambda: _run_ended(instance, "east"),
+            VISIBILITY_TIMEOUT_SECONDS + 150,
+            "the lost import step was redelivered and its run ended",
+        )
+    finally:
+        cluster.restart(victim)
+    print(f"cluster: step of the killed {victim} completed {redelivered:.0f}s after the kill")
+
+    events = _run_events(instance, run_id)
+    assert len(_of_type(events, "STEP_START")) == 2
+    assert len(_of_type(events, "STEP_SUCCESS")) == 1
+    first, second = _workers(events)
+    assert first == first_worker
+    assert second != first_worker
+    assert _of_type(events, "PIPELINE_SUCCESS")
+    assert _journal(warehouse, "east") == ("completed", LONG_IMPORT_ROWS)
+    with warehouse.connect() as conn:
+        stored = conn.execute(
+            select(func.count()).select_from(sales).where(sales.c.company == "east")
+        ).scalar_one()
+    assert stored == LONG_IMPORT_ROWS
+
+
+def test_a_step_whose_queue_has_no_worker_fails_its_run_and_leaves_nothing_queued(
+    cluster: Cluster, instance: Engine
+) -> None:
+    cluster.kill("worker-general")  # the only consumer of `dagster`, the health check's queue
+    try:
+        client = cluster.graphql()
+        run_id = client.submit_job_execution(
+            "health_check_job", repository_location_name="etl_assets"
+        )
+        elapsed = _wait_for(
+            lambda: client.get_run_status(run_id) == dg.DagsterRunStatus.FAILURE,
+            QUEUE_WAIT_SECONDS + 90,
+            "the run failed",
+        )
+        exited = _wait_for(
+            lambda: _worker_exited(_run_events(instance, run_id)), 60, "the run worker exited"
+        )
+    finally:
+        cluster.restart("worker-general")
+    print(
+        f"cluster: run without a worker failed in {elapsed:.0f}s, "
+        f"its process exited {exited:.0f}s later"
+    )
+
+    events = _run_events(instance, run_id)
+    (failure,) = _of_type(events, "PIPELINE_FAILURE")
+    error = failure.entry.dagster_event.event_specific_data.error
+    assert "NoWorkerForQueue" in error.cls_name
+    assert (
+        f"no celery worker consumes queue 'dagster' (waited {QUEUE_WAIT_SECONDS}s)" in error.message
+    )
+    assert not _of_type(events, "STEP_START")
+    redis = Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    # One list per priority step: `dagster`, `dagster\x06\x163`, ...
+    queued = sum(redis.llen(key) for key in redis.scan_iter(match="dagster*", _type="list"))
+    assert queued == 0, "a task was left in the queue for a future worker"
+
+
+def test_stop_leaves_no_process_behind(cluster: Cluster) -> None:
+    home = cluster.directory / "home"
     assert _processes_of(home), "the cluster's processes should be running"
 
     subprocess.run(
-        ["bash", str(ROOT / "deploy" / "cluster.sh"), "stop"], env=env, cwd=ROOT, timeout=120
+        ["bash", str(ROOT / "deploy" / "cluster.sh"), "stop"],
+        env=cluster.env,
+        cwd=ROOT,
+        timeout=120,
     )
 
     assert _processes_of(home) == []

@@ -17,7 +17,9 @@ import psutil
 import pytest
 import yaml
 from celery import Celery
+from celery.exceptions import TaskRevokedError
 from dagster_celery.cli import get_validated_config
+from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
 from redis import Redis
 
 from etl_assets.definitions import build_definitions, defs
@@ -26,6 +28,9 @@ from etl_assets.defs.execution import (
     CELERY_SETTINGS,
     HARD_TIME_LIMIT_SECONDS,
     SOFT_TIME_LIMIT_SECONDS,
+    QueuedStep,
+    purge_task,
+    queue_consumers,
 )
 from etl_assets.defs.imports.assets import IO_RETRY
 
@@ -314,6 +319,8 @@ def test_worker_from_the_config_file_runs_steps_of_its_queue(
     worker = start_worker(name, "aggregates", env, log)
     try:
         node = wait_until_ready(app, name, worker, log)
+        assert queue_consumers(app, "aggregates") == [node]
+        assert queue_consumers(app, "imports") == []
         with dg.instance_for_test() as instance:
             outcome: list[dg.ExecutionResult] = []
             run = threading.Thread(
@@ -352,3 +359,25 @@ def test_worker_from_the_config_file_runs_steps_of_its_queue(
         left = stop_worker(worker)
         app.close()
     assert left == []
+
+
+def test_revoking_a_step_no_worker_has_taken_purges_it_and_ends_the_wait(broker_url: str) -> None:
+    """Upstream, the run worker waits for a revoked task's outcome, which only a worker reports:
+    with no worker the run never ends, and the next worker to start would run the step."""
+    app = Celery(broker=broker_url, backend=broker_url)
+    try:
+        kept = app.send_task(TASK_EXECUTE_PLAN_NAME, queue="imports", priority=3)
+        revoked = app.send_task(TASK_EXECUTE_PLAN_NAME, queue="imports", priority=3)
+        step = QueuedStep(revoked.id, app=app, queue="imports")
+        assert not step.ready()
+
+        step.revoke()
+
+        assert step.ready()
+        assert step.state == "REVOKED"
+        with pytest.raises(TaskRevokedError):
+            step.get(timeout=5)
+        assert purge_task(app, "imports", revoked.id) == 0, "the revoked task is still queued"
+        assert purge_task(app, "imports", kept.id) == 1, "the other task should still be queued"
+    finally:
+        app.close()

@@ -3,11 +3,27 @@
 The celery settings are shared by the executor (`definitions.py`, `ETL_EXECUTOR=celery`) and
 the workers (`celery_worker.yaml` at the repository root holds the same block; a test keeps
 the two equal).
+
+The executor is dagster-celery's, with two guards against runs that never end. Upstream, a
+step sent to a queue no worker consumes waits forever, and a terminated run whose step is
+still queued waits forever for the revoked task to report back. Here a step is only sent
+once a worker consumes its queue (else the run fails, saying which queue), and revoking a
+queued step also takes its message off the broker and records it as revoked, so the run
+worker stops and no worker starts the step later.
 """
 
+import functools
+import json
+import time
+
 import dagster as dg
+from celery import Celery
+from celery.result import AsyncResult
+from dagster._core.execution.retries import RetryMode
 from dagster_celery import celery_executor
+from dagster_celery.core_execution_loop import core_celery_execution_loop
 from dagster_celery.defaults import broker_transport_options
+from dagster_celery.executor import CeleryExecutor, _submit_task
 from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 
 IMPORTS_QUEUE = "imports"
@@ -63,6 +79,98 @@ def max_runtime(seconds: int) -> dict[str, str]:
     return {MAX_RUNTIME_TAG: str(seconds)}
 
 
-def celery_executor_def() -> dg.ExecutorDefinition:
-    """The celery executor with the settings above, brokered by `CELERY_BROKER_URL`."""
-    return celery_executor.configured(CELERY_EXECUTOR_CONFIG)
+class NoWorkerForQueue(RuntimeError):
+    """No celery worker consumes the queue a step must be sent to."""
+
+
+def queue_consumers(app: Celery, queue: str) -> list[str]:
+    """Names of the live workers consuming `queue` (those answering within a second)."""
+    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    return sorted(
+        worker for worker, queues in replies.items() if any(q["name"] == queue for q in queues)
+    )
+
+
+def purge_task(app: Celery, queue: str, task_id: str) -> int:
+    """Remove a task's message still waiting in a Redis queue; how many were removed.
+
+    Celery's revoke only reaches workers that are running: a message no worker has taken yet
+    would be run by the next worker to start. Kombu keeps each queue (one list per priority
+    step) as JSON messages whose headers carry the task id.
+    """
+    removed = 0
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        for priority in channel.priority_steps:
+            key = channel._q_for_pri(queue, priority)
+            for raw in channel.client.lrange(key, 0, -1):
+                if json.loads(raw).get("headers", {}).get("id") == task_id:
+                    removed += channel.client.lrem(key, 1, raw)
+    return removed
+
+
+class QueuedStep(AsyncResult):
+    """A submitted step whose revoke also purges it from the broker while still queued."""
+
+    def __init__(self, task_id: str, app: Celery, queue: str) -> None:
+        super().__init__(task_id, app=app)
+        self.broker_queue = queue
+
+    def revoke(self, *args: object, **kwargs: object) -> None:
+        super().revoke(*args, **kwargs)
+        if purge_task(self.app, self.broker_queue, self.id):
+            # No worker will ever report on it: record the outcome the run worker waits for.
+            self.backend.mark_as_revoked(self.id, reason="run terminated while the step queued")
+
+
+def _submit_when_consumed(
+    wait_seconds: float, app: Celery, plan_context, step, queue: str, priority: int, known_state
+) -> QueuedStep:
+    """dagster-celery's submission, once a worker consumes the queue (`NoWorkerForQueue`)."""
+    deadline = time.monotonic() + wait_seconds
+    while not queue_consumers(app, queue):
+        if time.monotonic() >= deadline:
+            raise NoWorkerForQueue(
+                f"no celery worker consumes queue {queue!r} (waited {wait_seconds:.0f}s), so "
+                f"step {step.key!r} was not sent; start one with `dagster-celery worker start "
+                f"-A dagster_celery.app -y celery_worker.yaml -q {queue}`"
+            )
+    result = _submit_task(app, plan_context, step, queue, priority, known_state)
+    return QueuedStep(result.id, app=app, queue=queue)
+
+
+class GuardedCeleryExecutor(CeleryExecutor):
+    """dagster-celery's executor and execution loop, with the guarded submission above."""
+
+    def __init__(self, queue_wait_seconds: float, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.queue_wait_seconds = queue_wait_seconds
+
+    def execute(self, plan_context, execution_plan):
+        submit = functools.partial(_submit_when_consumed, self.queue_wait_seconds)
+        return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
+
+
+def celery_executor_def(queue_wait_seconds: float) -> dg.ExecutorDefinition:
+    """The guarded celery executor with the settings above, brokered by `CELERY_BROKER_URL`.
+
+    A step waits at most `queue_wait_seconds` for a worker on its queue before the run fails.
+    """
+
+    @dg.executor(
+        name="celery",
+        config_schema=celery_executor.config_schema,
+        requirements=dg.multiple_process_executor_requirements(),
+    )
+    def guarded_celery_executor(init_context: dg.InitExecutorContext) -> GuardedCeleryExecutor:
+        config = init_context.executor_config
+        return GuardedCeleryExecutor(
+            queue_wait_seconds=queue_wait_seconds,
+            broker=config.get("broker"),
+            backend=config.get("backend"),
+            config_source=config.get("config_source"),
+            include=config.get("include"),
+            retries=RetryMode.from_config(config["retries"]),
+        )
+
+    return guarded_celery_executor.configured(CELERY_EXECUTOR_CONFIG)
