@@ -72,7 +72,12 @@ NOT_RETRIED = {"health_checks"}
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No executor or celery settings inherited from the shell."""
-    for name in ("ETL_EXECUTOR", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+    for name in (
+        "ETL_EXECUTOR",
+        "CELERY_BROKER_URL",
+        "CELERY_RESULT_BACKEND",
+        "ETL_CELERY_QUEUE_WAIT_SECONDS",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -160,6 +165,17 @@ def test_celery_without_broker_or_backend_fails_at_load(
             clean_env.setenv(name, value)
 
     with pytest.raises(ValueError, match=f"ETL_EXECUTOR=celery needs {missing} to be set"):
+        build_definitions()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
+def test_queue_wait_must_be_whole_seconds(clean_env: pytest.MonkeyPatch, value: str) -> None:
+    clean_env.setenv("ETL_EXECUTOR", "celery")
+    clean_env.setenv("CELERY_BROKER_URL", "redis://redis:6379/0")
+    clean_env.setenv("CELERY_RESULT_BACKEND", "redis://redis:6379/0")
+    clean_env.setenv("ETL_CELERY_QUEUE_WAIT_SECONDS", value)
+
+    with pytest.raises(ValueError, match="ETL_CELERY_QUEUE_WAIT_SECONDS must be a whole number"):
         build_definitions()
 
 
