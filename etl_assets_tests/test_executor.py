@@ -397,3 +397,36 @@ def test_revoking_a_step_no_worker_has_taken_purges_it_and_ends_the_wait(broker_
         assert purge_task(app, "imports", kept.id) == 1, "the other task should still be queued"
     finally:
         app.close()
+
+
+# A consumer that takes one message from `imports` and is killed before acknowledging it.
+DYING_WORKER = """
+import os, signal, sys
+from celery import Celery
+app = Celery(broker=sys.argv[1])
+with app.connection_for_read() as connection:
+    message = connection.default_channel.basic_get(queue="imports", no_ack=False)
+    assert message is not None
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_revoking_a_step_whose_worker_died_purges_the_delivery(broker_url: str) -> None:
+    """A delivery of a dead worker would be redelivered after the visibility timeout (hours)."""
+    app = Celery(broker=broker_url, backend=broker_url)
+    redis = Redis.from_url(broker_url)
+    try:
+        sent = app.send_task(TASK_EXECUTE_PLAN_NAME, queue="imports")
+        died = subprocess.run([sys.executable, "-c", DYING_WORKER, broker_url], timeout=60)
+        assert died.returncode == -signal.SIGKILL
+        assert redis.hlen("unacked") == 1, "the dead worker's delivery should be unacknowledged"
+        step = QueuedStep(sent.id, app=app, queue="imports")
+
+        step.revoke()
+
+        assert step.state == "REVOKED"
+        assert redis.hlen("unacked") == 0
+        assert redis.zcard("unacked_index") == 0
+    finally:
+        redis.close()
+        app.close()

@@ -6,10 +6,10 @@ the two equal).
 
 The executor is dagster-celery's, with two guards against runs that never end. Upstream, a
 step sent to a queue no worker consumes waits forever, and a terminated run whose step is
-still queued waits forever for the revoked task to report back. Here a step is only sent
-once a worker consumes its queue (else the run fails, saying which queue), and revoking a
-queued step also takes its message off the broker and records it as revoked, so the run
-worker stops and no worker starts the step later.
+still queued (or held by a worker that died) waits forever for the revoked task to report
+back. Here a step is only sent once a worker consumes its queue (else the run fails, saying
+which queue), and revoking a step also takes its message off the broker and records it as
+revoked, so the run worker stops and no worker starts the step later.
 """
 
 import functools
@@ -91,26 +91,38 @@ def queue_consumers(app: Celery, queue: str) -> list[str]:
     )
 
 
-def purge_task(app: Celery, queue: str, task_id: str) -> int:
-    """Remove a task's message still waiting in a Redis queue; how many were removed.
+def _task_id(message: dict) -> str | None:
+    return message.get("headers", {}).get("id")
 
-    Celery's revoke only reaches workers that are running: a message no worker has taken yet
-    would be run by the next worker to start. Kombu keeps each queue (one list per priority
-    step) as JSON messages whose headers carry the task id.
+
+def purge_task(app: Celery, queue: str, task_id: str) -> int:
+    """Remove a task's messages from Redis; how many were removed.
+
+    Celery's revoke only reaches workers that are running: a message still queued would be
+    run by the next worker to start, and one delivered to a worker that then died would be
+    redelivered after the visibility timeout. Kombu keeps each queue as lists (one per
+    priority step) of JSON messages whose headers carry the task id, and deliveries not yet
+    acknowledged in the `unacked` hash (with an index by delivery time).
     """
     removed = 0
     with app.connection_for_write() as connection:
         channel = connection.default_channel
+        client = channel.client
         for priority in channel.priority_steps:
             key = channel._q_for_pri(queue, priority)
-            for raw in channel.client.lrange(key, 0, -1):
-                if json.loads(raw).get("headers", {}).get("id") == task_id:
-                    removed += channel.client.lrem(key, 1, raw)
+            for raw in client.lrange(key, 0, -1):
+                if _task_id(json.loads(raw)) == task_id:
+                    removed += client.lrem(key, 1, raw)
+        for tag, raw in client.hgetall(channel.unacked_key).items():
+            message, _exchange, _routing_key = json.loads(raw)
+            if _task_id(message) == task_id:
+                removed += client.hdel(channel.unacked_key, tag)
+                client.zrem(channel.unacked_index_key, tag)
     return removed
 
 
 class QueuedStep(AsyncResult):
-    """A submitted step whose revoke also purges it from the broker while still queued."""
+    """A submitted step whose revoke also purges it from the broker (`purge_task`)."""
 
     def __init__(self, task_id: str, app: Celery, queue: str) -> None:
         super().__init__(task_id, app=app)
@@ -120,7 +132,7 @@ class QueuedStep(AsyncResult):
         super().revoke(*args, **kwargs)
         if purge_task(self.app, self.broker_queue, self.id):
             # No worker will ever report on it: record the outcome the run worker waits for.
-            self.backend.mark_as_revoked(self.id, reason="run terminated while the step queued")
+            self.backend.mark_as_revoked(self.id, reason="run terminated before the step ended")
 
 
 def _submit_when_consumed(
