@@ -1,6 +1,8 @@
 """The whole code location: what `dagster dev -m etl_assets.definitions` loads, and its settings."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -203,3 +205,16 @@ def test_bad_settle_seconds_names_the_variable(clean_env: pytest.MonkeyPatch) ->
         pass
 
     assert "cannot be coerced into an int" in str(error.value)
+
+
+def test_loading_the_code_location_leaves_the_pdf_libraries_unimported() -> None:
+    """Every run worker loads the code location: matplotlib and fpdf would add over a second to
+    each run's start, and only the monthly report's PDF needs them."""
+    probe = (
+        "import sys, etl_assets.definitions; "
+        "print(sorted({'matplotlib', 'fpdf'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -15,11 +15,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import matplotlib
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -44,8 +39,6 @@ from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 TOP_PRODUCTS = 10
 CENT = Decimal("0.01")
 FIGURES = ("revenue", "units", "transactions", "returns")
-# matplotlib ships DejaVu; fpdf2's built-in fonts are Latin-1 only and product names are not.
-_FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 
 
 @dataclass(frozen=True)
@@ -238,6 +231,10 @@ def write_monthly_report(report: MonthlyReport, directory: Path) -> ReportFiles:
         stream.write(report_json(report))
     with atomic_open(files.xml, "wb") as stream:
         stream.write(report_xml(report))
+    # Imported here: matplotlib and fpdf add over a second to the start of every process that
+    # loads the code location (each run worker, the code server), and only reports need them.
+    from etl_assets.services.report_pdf import report_pdf
+
     with atomic_open(files.pdf, "wb") as stream:
         stream.write(report_pdf(report))
     return files
@@ -303,69 +300,6 @@ def report_xml(report: MonthlyReport) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def revenue_chart_png(report: MonthlyReport) -> bytes:
-    """A bar chart of daily revenue, as PNG bytes."""
-    # The object-oriented API with an explicit Agg canvas: no pyplot global state, no display.
-    figure = Figure(figsize=(8, 3.2), dpi=150, layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.bar([d.day.day for d in report.days], [float(d.revenue) for d in report.days])
-    axes.set_title(f"Daily revenue, {report.company}, {report.label}")
-    axes.set_xlabel(f"day of month ({report.timezone})")
-    axes.set_ylabel("revenue")
-    axes.set_xlim(0.5, len(report.days) + 0.5)
-    axes.grid(axis="y", alpha=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def report_pdf(report: MonthlyReport) -> bytes:
-    """A one-page PDF: summary table, daily revenue chart, top products."""
-    pdf = FPDF()
-    pdf.set_title(f"Monthly sales report {report.company} {report.label}")
-    pdf.add_font("DejaVu", "", _FONTS / "DejaVuSans.ttf")
-    pdf.add_font("DejaVu", "B", _FONTS / "DejaVuSans-Bold.ttf")
-    pdf.add_page()
-    pdf.set_font("DejaVu", "B", 16)
-    pdf.cell(text=f"Monthly sales report: {report.company}, {report.label}")
-    pdf.ln(9)
-    pdf.set_font("DejaVu", "", 9)
-    pdf.cell(text=f"Days in {report.timezone}. Generated {report.generated_at.isoformat()}.")
-    pdf.ln(8)
-    totals = report.totals
-    pdf.set_font("DejaVu", "", 10)
-    with pdf.table(col_widths=(60, 40), width=100, align="LEFT") as table:
-        table.row(["Figure", "Value"])
-        table.row(["Revenue", _money(totals.revenue)])
-        table.row(["Units", f"{totals.units:,}"])
-        table.row(["Transactions", f"{totals.transactions:,}"])
-        table.row(["Returns", f"{totals.returns:,}"])
-    pdf.ln(4)
-    pdf.image(io.BytesIO(revenue_chart_png(report)), w=pdf.epw, title="Daily revenue")
-    pdf.ln(4)
-    pdf.set_font("DejaVu", "B", 12)
-    pdf.cell(text="Top products by revenue", new_x=XPos.LMARGIN, new_y=YPos.NEXT)
-    pdf.set_font("DejaVu", "", 9)
-    if report.top_products:
-        with pdf.table(col_widths=(8, 30, 56, 18, 30, 28)) as table:
-            table.row(["#", "SKU", "Name", "Units", "Revenue", "Transactions"])
-            for p in report.top_products:
-                table.row(
-                    [
-                        str(p.rank),
-                        p.sku,
-                        p.name or "",
-                        f"{p.units:,}",
-                        _money(p.revenue),
-                        f"{p.transactions:,}",
-                    ]
-                )
-    else:
-        pdf.cell(text="No sales this month.")
-    return bytes(pdf.output())
-
-
 def _revenue() -> Label:
     # Typed as MONEY so SQLite's float sum comes back as a Decimal rounded to cents.
     return type_coerce(
@@ -402,7 +336,3 @@ def _figure_elements(parent: ET.Element, figures: Figures) -> None:
 
 def _cents(amount: Decimal) -> Decimal:
     return amount.quantize(CENT)
-
-
-def _money(amount: Decimal) -> str:
-    return f"{amount:,.2f}"
