@@ -59,6 +59,7 @@ test: install services lint
 	$(BIN)/python -m pytest
 
 bench: install services
+	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/aggregates_bench.py
 	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/import_bench.py
