@@ -24,21 +24,37 @@ CONCURRENCY=${ETL_CLUSTER_WORKER_CONCURRENCY:-1}
 VISIBILITY_TIMEOUT=${ETL_CLUSTER_VISIBILITY_TIMEOUT:-}
 QUEUE_WAIT=${ETL_CLUSTER_QUEUE_WAIT_SECONDS:-60}
 
-stop_service() {  # name: TERM its process group, KILL it after 10 s
-  local pidfile=$DIR/run/$1.pid pid
-  [ -f "$pidfile" ] || return 0
-  pid=$(cat "$pidfile")
-  kill -TERM -- "-$pid" 2>/dev/null || true
-  for _ in $(seq 50); do kill -0 -- "-$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL -- "-$pid" 2>/dev/null || true
-  rm -f "$pidfile"
+signal_groups() {  # signal, names...: signal each running service's process group
+  local sig=$1 name; shift
+  for name in "$@"; do
+    if [ -f "$DIR/run/$name.pid" ]; then
+      kill "-$sig" -- "-$(cat "$DIR/run/$name.pid")" 2>/dev/null || true  # already gone
+    fi
+  done
+}
+
+any_alive() {  # names...: whether a process of any of these services' groups still runs
+  local name
+  for name in "$@"; do
+    [ -f "$DIR/run/$name.pid" ] && kill -0 -- "-$(cat "$DIR/run/$name.pid")" 2>/dev/null && return 0
+  done
+  return 1
+}
+
+stop_services() {  # names...: TERM their groups together, KILL what still runs after 10 s
+  signal_groups TERM "$@"
+  for _ in $(seq 50); do any_alive "$@" || break; sleep 0.2; done
+  signal_groups KILL "$@"
+  local name
+  for name in "$@"; do rm -f "$DIR/run/$name.pid"; done
 }
 
 stop() {
-  local pidfile
+  local names=() pidfile
   for pidfile in "$DIR"/run/*.pid; do
-    [ -e "$pidfile" ] && stop_service "$(basename "$pidfile" .pid)"
+    [ -e "$pidfile" ] && names+=("$(basename "$pidfile" .pid)")
   done
+  [ ${#names[@]} -eq 0 ] || stop_services "${names[@]}"
   echo "cluster stopped"
 }
 
@@ -142,7 +158,7 @@ restart() {  # name: stop one service and start it again in the running cluster'
   # shellcheck source=/dev/null
   source "$DIR/env"
   cd "$ROOT"
-  stop_service "$1"
+  stop_services "$1"
   service "$1"
   echo "restarted $1"
 }
