@@ -15,10 +15,16 @@ revoked, so the run worker stops and no worker starts the step later.
 import functools
 import json
 import time
+from collections.abc import Iterator
 
 import dagster as dg
 from celery import Celery
 from celery.result import AsyncResult
+from dagster._core.events import DagsterEvent
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.state import KnownExecutionState
+from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
 from dagster_celery import celery_executor
 from dagster_celery.core_execution_loop import core_celery_execution_loop
@@ -136,7 +142,13 @@ class QueuedStep(AsyncResult):
 
 
 def _submit_when_consumed(
-    wait_seconds: float, app: Celery, plan_context, step, queue: str, priority: int, known_state
+    wait_seconds: float,
+    app: Celery,
+    plan_context: PlanOrchestrationContext,
+    step: ExecutionStep,
+    queue: str,
+    priority: int,
+    known_state: KnownExecutionState,
 ) -> QueuedStep:
     """dagster-celery's submission, once a worker consumes the queue (`NoWorkerForQueue`)."""
     deadline = time.monotonic() + wait_seconds
@@ -158,7 +170,9 @@ class GuardedCeleryExecutor(CeleryExecutor):
         super().__init__(**kwargs)
         self.queue_wait_seconds = queue_wait_seconds
 
-    def execute(self, plan_context, execution_plan):
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[DagsterEvent]:
         submit = functools.partial(_submit_when_consumed, self.queue_wait_seconds)
         return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
 
