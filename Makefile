@@ -72,4 +72,4 @@ cluster-stop:
 	bash deploy/cluster.sh stop
 
 clean:
-	rm -rf $(VENV) .dagster_home data .bench .cluster .pytest_cache .ruff_cache
+	rm -rf $(VENV) .dagster_home data .bench .cluster .cluster-tests .pytest_cache .ruff_cache
