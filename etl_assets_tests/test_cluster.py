@@ -111,6 +111,21 @@ def _processes_of(home: Path) -> list[int]:
     return found
 
 
+def _cluster_script(
+    env: dict[str, str], *args: str, timeout: int, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`deploy/cluster.sh ARGS` with the cluster's environment, its output captured."""
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy" / "cluster.sh"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
+
+
 @dataclass
 class Cluster:
     env: dict[str, str]
@@ -142,14 +157,7 @@ class Cluster:
         os.killpg(pid, signal.SIGKILL)
 
     def restart(self, service: str) -> None:
-        subprocess.run(
-            ["bash", str(ROOT / "deploy" / "cluster.sh"), "restart", service],
-            env=self.env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        _cluster_script(self.env, "restart", service, timeout=120, check=True)
 
     def drop(self, source: Path, company: str) -> None:
         place_upload(source, company, self.directory / "data" / "inbox")
@@ -256,15 +264,12 @@ def cluster(pg_admin) -> Iterator[Cluster]:
         "ETL_CLUSTER_WEB_PORT": str(_free_port()),
         "ETL_CLUSTER_PROXY_PORT": str(_free_port()),
     }
-    script = ["bash", str(ROOT / "deploy" / "cluster.sh")]
     try:
-        started = subprocess.run(
-            [*script, "start"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240
-        )
+        started = _cluster_script(env, "start", timeout=240)
         assert started.returncode == 0, started.stdout + started.stderr
         yield Cluster(env, started.stdout)
     finally:
-        subprocess.run([*script, "stop"], env=env, cwd=ROOT, capture_output=True, timeout=120)
+        _cluster_script(env, "stop", timeout=120)
         shutil.rmtree(directory, ignore_errors=True)
         with pg_admin.connect() as conn:
             raw = conn.connection.driver_connection
@@ -464,11 +469,6 @@ def test_stop_leaves_no_process_behind(cluster: Cluster) -> None:
     home = cluster.directory / "home"
     assert _processes_of(home), "the cluster's processes should be running"
 
-    subprocess.run(
-        ["bash", str(ROOT / "deploy" / "cluster.sh"), "stop"],
-        env=cluster.env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    _cluster_script(cluster.env, "stop", timeout=120)
 
     assert _processes_of(home) == []
