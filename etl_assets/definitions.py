@@ -12,12 +12,7 @@ import dagster as dg
 from etl_assets.defs.aggregates import build_aggregates
 from etl_assets.defs.calendar import Calendar, Domain
 from etl_assets.defs.execution import celery_executor_def
-from etl_assets.defs.imports.assets import (
-    product_uploads,
-    products_import_job,
-    sales_import_job,
-    sales_uploads,
-)
+from etl_assets.defs.imports.assets import import_job, products, sales
 from etl_assets.defs.imports.sensors import upload_sensor
 from etl_assets.defs.maintenance.alerts import build_alerts
 from etl_assets.defs.maintenance.health import build_health
@@ -38,6 +33,11 @@ EXECUTORS = ("multiprocess", "in_process", "celery")
 def _env(name: str, default: str | None) -> str | dg.EnvVar | None:
     """The variable as an `EnvVar` when it is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def _int_env(name: str, default: int) -> int | dg.EnvVar:
+    """The variable as an integer `EnvVar` when it is set, else the documented default."""
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
 
 
 def _fraction_env(name: str, default: float) -> float:
@@ -77,9 +77,9 @@ def build_resources() -> dict[str, dg.ConfigurableResource]:
         ),
         "import_settings": ImportSettingsResource(
             companies_file=_env("ETL_COMPANIES_FILE", None),
-            settle_seconds=(
-                dg.EnvVar.int("ETL_SETTLE_SECONDS") if os.environ.get("ETL_SETTLE_SECONDS") else 5
-            ),
+            settle_seconds=_int_env("ETL_SETTLE_SECONDS", 5),
+            batch_max_uploads=_int_env("ETL_IMPORT_BATCH_MAX_UPLOADS", 50),
+            batch_max_bytes=_int_env("ETL_IMPORT_BATCH_MAX_BYTES", 1024**3),
             max_invalid_fraction=_fraction_env("ETL_MAX_INVALID_FRACTION", 0.05),
             timezone=_env("ETL_TIMEZONE", "UTC"),
             pull_roots=_env("ETL_PULL_ROOTS", ""),
@@ -116,8 +116,8 @@ def build_calendar() -> Calendar:
 def build_domains(calendar: Calendar) -> list[Domain]:
     """Every domain's definitions, built for the calendar."""
     imports = Domain(
-        assets=[product_uploads, sales_uploads],
-        jobs=[products_import_job, sales_import_job],
+        assets=[products, sales],
+        jobs=[import_job],
         sensors=[upload_sensor],
     )
     maintenance = build_maintenance(

@@ -80,7 +80,14 @@ def _tick(sensor_name: str, instance: dg.DagsterInstance) -> bool:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     ok = True
     for run in result.run_requests:
-        ok &= _execute(instance, run.job_name, partition_key=run.partition_key, tags=run.tags)
+        ok &= _execute(
+            instance,
+            run.job_name,
+            partition_key=run.partition_key,
+            tags=run.tags,
+            run_config=run.run_config,
+            asset_selection=run.asset_selection,
+        )
     return ok
 
 
@@ -89,10 +96,16 @@ def _execute(
     job_name: str,
     partition_key: str | None = None,
     tags: dict[str, str] | None = None,
+    run_config: dict | None = None,
+    asset_selection: list[dg.AssetKey] | None = None,
 ) -> bool:
     job = defs.resolve_job_def(job_name)
     outcome = job.execute_in_process(
-        instance=instance, partition_key=partition_key, tags=tags, run_config=QUIET
+        instance=instance,
+        partition_key=partition_key,
+        tags=tags,
+        run_config={**(run_config or {}), **QUIET},
+        asset_selection=asset_selection,
     )
     what = partition_key or " .. ".join(
         v for k, v in (tags or {}).items() if "partition_range" in k

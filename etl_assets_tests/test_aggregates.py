@@ -370,11 +370,12 @@ def test_contiguous_ranges(days: list[dt.date], ranges: list[tuple[dt.date, dt.d
     assert contiguous_ranges(days) == ranges
 
 
-def _sales_imported(instance: dg.DagsterInstance, upload_id: str, metadata: dict) -> None:
-    """What the import records: a `sales_uploads` materialisation of the upload's partition."""
-    instance.add_dynamic_partitions("sales_uploads", [upload_id])
+def _sales_imported(instance: dg.DagsterInstance, company: str, metadata: dict) -> None:
+    """What an import batch records: a `sales` materialisation of the company's partition."""
+    if not instance.has_dynamic_partition("companies", company):
+        instance.add_dynamic_partitions("companies", [company])
     instance.report_runless_asset_event(
-        dg.AssetMaterialization(asset_key="sales_uploads", partition=upload_id, metadata=metadata)
+        dg.AssetMaterialization(asset_key="sales", partition=company, metadata=metadata)
     )
 
 
@@ -399,10 +400,10 @@ def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
 
 def test_sensor_requests_the_touched_days_as_ranges_once(instance: dg.DagsterInstance) -> None:
     tomorrow = (dt.datetime.now(ZoneInfo(MADRID)).date() + dt.timedelta(days=1)).isoformat()
-    _sales_imported(instance, "acme.u1", _touched("2025-01-11", "2025-01-10"))
+    _sales_imported(instance, "acme", _touched("2025-01-11", "2025-01-10"))
     _sales_imported(
         instance,
-        "globex.u2",
+        "globex",
         # 2023-12-31 is before the calendar's start; tomorrow has no partition yet.
         _touched("2025-01-12", "2025-01-11", "2025-01-20", "2023-12-31", tomorrow),
     )
@@ -420,7 +421,7 @@ def test_sensor_requests_the_touched_days_as_ranges_once(instance: dg.DagsterIns
     second = _tick(instance, first.cursor)
     assert (second.run_requests or [], second.cursor) == ([], first.cursor)
 
-    _sales_imported(instance, "acme.u3", _touched("2025-01-20"))
+    _sales_imported(instance, "acme", _touched("2025-01-20"))
     third = _tick(instance, second.cursor)
     assert _requested(third) == [("2025-01-20", "2025-01-20")]
     assert third.cursor != first.cursor
@@ -428,10 +429,10 @@ def test_sensor_requests_the_touched_days_as_ranges_once(instance: dg.DagsterIns
 
 
 def test_sensor_skips_materialisations_without_usable_days(instance: dg.DagsterInstance) -> None:
-    _sales_imported(instance, "acme.rejected", {"status": "rejected"})
-    _sales_imported(instance, "acme.bad", {"days_touched": dg.MetadataValue.json({"a": 1})})
-    _sales_imported(instance, "acme.bad2", _touched("10/01/2025"))
-    _sales_imported(instance, "acme.good", _touched("2025-01-10"))
+    _sales_imported(instance, "acme", {"status": "rejected"})
+    _sales_imported(instance, "acme", {"days_touched": dg.MetadataValue.json({"a": 1})})
+    _sales_imported(instance, "acme", _touched("10/01/2025"))
+    _sales_imported(instance, "acme", _touched("2025-01-10"))
 
     result = _tick(instance, None)
 
@@ -445,7 +446,7 @@ def test_sensor_requests_run_the_job(
     domain = build_aggregates(CALENDAR)
     defs = dg.Definitions(assets=domain.assets, jobs=domain.jobs, resources=resources)
     job = defs.resolve_job_def("daily_sales_job")
-    _sales_imported(instance, "acme.u1", _touched("2025-01-10", "2025-01-11", "2025-01-12"))
+    _sales_imported(instance, "acme", _touched("2025-01-10", "2025-01-11", "2025-01-12"))
 
     [request] = _tick(instance, None).run_requests
     result = job.execute_in_process(instance=instance, tags=request.tags)

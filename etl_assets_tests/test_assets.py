@@ -1,63 +1,67 @@
-"""Import assets materialised in process against real SQLite and PostgreSQL warehouses."""
+"""The `products` and `sales` tables materialised in process, one company batch per run, against
+real SQLite and PostgreSQL warehouses."""
 
+import os
 import time
-from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select
 
-from etl_assets.defs.imports.assets import product_uploads, sales_uploads
-from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
+from etl_assets.defs.imports.assets import products, sales
 from etl_assets.defs.resources import ImportSettingsResource
 from etl_assets.samples import products_frame, sales_frame, write_csv
 from etl_assets.services import journal
-from etl_assets.services.registration import pending_imports, scan_inbox
+from etl_assets.services.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
-from etl_assets.warehouse.schema import products, sales
+from etl_assets.warehouse import schema
 
-PRODUCTS = dg.AssetKey("product_uploads")
-SALES = dg.AssetKey("sales_uploads")
+PRODUCTS = dg.AssetKey("products")
+SALES = dg.AssetKey("sales")
+T0 = 1_700_000_000.0
 
 
 @pytest.fixture
 def instance() -> dg.DagsterInstance:
     with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("companies", ["acme", "globex"])
         yield instance
 
 
 def _register(
-    engine: Engine,
-    paths: StoragePaths,
-    instance: dg.DagsterInstance,
-    frame: pd.DataFrame,
-    company: str,
-    name: str,
+    engine: Engine, paths: StoragePaths, frame: pd.DataFrame, company: str, name: str, mtime: float
 ) -> str:
-    """Drop a file, register it as the sensor does, and add its partition."""
-    write_csv(frame, paths.inbox / company / name)
+    """Drop a file with a given mtime (its place in the drop order) and register it."""
+    path = write_csv(frame, paths.inbox / company / name)
+    os.utime(path, (mtime, mtime))
     scan = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1)
     [upload_id] = scan.registered
-    [pending] = [p for p in pending_imports(engine, paths) if p.upload_id == upload_id]
-    instance.add_dynamic_partitions(PARTITIONS_BY_KIND[pending.kind].name, [upload_id])
     return upload_id
 
 
 def _materialize(
-    asset: dg.AssetsDefinition,
-    upload_id: str,
+    assets: list[dg.AssetsDefinition],
     resources: dict,
     instance: dg.DagsterInstance,
+    company: str = "acme",
+    upload_ids: dict[str, list[str]] | None = None,
+    raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
-    result = dg.materialize(
-        [asset], partition_key=upload_id, resources=resources, instance=instance
+    run_config = {
+        "ops": {kind: {"config": {"upload_ids": ids}} for kind, ids in (upload_ids or {}).items()}
+    }
+    return dg.materialize(
+        assets,
+        partition_key=company,
+        resources=resources,
+        instance=instance,
+        run_config=run_config,
+        raise_on_error=raise_on_error,
     )
-    assert result.success
-    return result
 
 
-def _count(engine: Engine, table, company: str) -> int:
+def _count(engine: Engine, table: object, company: str) -> int:
     with engine.connect() as conn:
         query = select(func.count()).select_from(table).where(table.c.company == company)
         return int(conn.execute(query).scalar_one())
@@ -70,207 +74,254 @@ def _journal(engine: Engine, upload_id: str) -> journal.UploadRecord:
     return record
 
 
-def _latest_metadata(
-    instance: dg.DagsterInstance, key: dg.AssetKey, upload_id: str
-) -> dict[str, object]:
-    event = instance.get_latest_materialization_event(key)
-    assert event is not None
-    materialization = event.asset_materialization
-    assert materialization is not None
-    assert materialization.partition == upload_id
-    return {name: value.value for name, value in materialization.metadata.items()}
+def _metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict[str, object]:
+    [event] = [
+        m
+        for m in (
+            e.step_materialization_data.materialization
+            for e in result.all_events
+            if e.is_step_materialization
+        )
+        if m.asset_key == key
+    ]
+    return {name: value.value for name, value in event.metadata.items()}
 
 
-def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+def _checks(
+    result: dg.ExecuteInProcessResult, key: dg.AssetKey
+) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key == key}
 
 
-def test_products_upload_is_imported(
+def test_a_batch_imports_every_received_upload_and_the_later_file_wins(
     engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    frame = products_frame(25, seed=1)
-    upload_id = _register(engine, paths, instance, frame, "acme", "products.csv")
+    first = products_frame(20, seed=1)
+    second = first.head(5).assign(stock_quantity=[901, 902, 903, 904, 905])
+    # Named so that name order and drop order disagree: the mtime decides.
+    first_id = _register(engine, paths, first, "acme", "z-monday.csv", T0)
+    second_id = _register(engine, paths, second, "acme", "a-tuesday.csv", T0 + 60)
+    other_id = _register(engine, paths, products_frame(3, seed=9), "globex", "p.csv", T0)
 
-    result = _materialize(product_uploads, upload_id, resources, instance)
+    result = _materialize([products], resources, instance)
 
-    assert _count(engine, products, "acme") == len(frame)
+    assert result.success
     with engine.connect() as conn:
-        stored = conn.execute(
-            select(products.c.sku, products.c.stock_quantity, products.c.upload_id).where(
-                products.c.company == "acme"
-            )
-        ).all()
-    assert {(s, q) for s, q, _ in stored} == set(
-        zip(frame["sku"], frame["stock_quantity"].astype(int), strict=True)
-    )
-    assert {u for _, _, u in stored} == {upload_id}
-    record = _journal(engine, upload_id)
-    assert record.status == "completed"
-    assert record.run_id == result.run_id
-    assert (record.rows_read, record.rows_imported, record.rows_updated) == (len(frame), 25, 0)
-    assert record.rows_rejected == 0
-    assert record.started_at is not None
-    assert record.finished_at is not None
+        stock = dict(
+            conn.execute(
+                select(schema.products.c.sku, schema.products.c.stock_quantity).where(
+                    schema.products.c.company == "acme"
+                )
+            ).all()
+        )
+    assert len(stock) == 20
+    assert [stock[sku] for sku in second["sku"]] == [901, 902, 903, 904, 905]
+    records = {u: _journal(engine, u) for u in (first_id, second_id)}
+    assert {r.status for r in records.values()} == {"completed"}
+    assert {r.run_id for r in records.values()} == {result.run_id}
+    assert (records[first_id].rows_imported, records[second_id].rows_updated) == (20, 5)
+    assert records[first_id].finished_at <= records[second_id].started_at
+    assert _journal(engine, other_id).status == "received", "another company's upload"
 
-    metadata = _latest_metadata(instance, PRODUCTS, upload_id)
-    assert metadata["dagster/row_count"] == len(frame)
-    assert metadata["rows_read"] == len(frame)
-    assert metadata["rows_imported"] == len(frame)
-    assert metadata["rows_updated"] == 0
-    assert metadata["rows_rejected"] == 0
-    assert metadata["status"] == "completed"
+    metadata = _metadata(result, PRODUCTS)
+    assert metadata["dagster/row_count"] == 20
+    assert (metadata["uploads"], metadata["uploads_completed"]) == (2, 2)
+    assert (metadata["rows_read"], metadata["rows_imported"]) == (25, 20)
+    assert (metadata["rows_updated"], metadata["rows_rejected"]) == (5, 0)
     assert metadata["company"] == "acme"
-    assert metadata["file"] == "products.csv"
-    assert "rejected_rows_preview" not in metadata
-    schema = metadata["dagster/column_schema"]
-    assert isinstance(schema, dg.TableSchema)
-    assert [c.name for c in schema.columns] == [
+    table = str(metadata["batch"]).splitlines()
+    assert table[2].startswith("| z-monday.csv | completed | 20 | 20 | 0 | 0 |")
+    assert table[3].startswith("| a-tuesday.csv | completed | 5 | 0 | 5 | 0 |")
+    schema_value = metadata["dagster/column_schema"]
+    assert isinstance(schema_value, dg.TableSchema)
+    assert [c.name for c in schema_value.columns] == [
         "company",
-        *frame.columns,
+        *first.columns,
         "upload_id",
         "updated_at",
     ]
-
-    checks = _checks(result)
+    checks = _checks(result, PRODUCTS)
     assert set(checks) == {"validation"}
     assert checks["validation"].passed
-    assert checks["validation"].asset_key == PRODUCTS
 
 
-def test_rejected_rows_are_reported_and_fail_the_validation_check(
+def test_rejected_rows_fail_the_check_but_never_the_batch(
     engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    frame = products_frame(40, seed=2).astype({"stock_quantity": object, "unit_price": object})
-    frame.loc[5, "stock_quantity"] = -3
-    bad_rows = {5 + 2}  # file row numbers: the header is row 1
-    upload_id = _register(engine, paths, instance, frame, "acme", "products.csv")
+    flawed = products_frame(40, seed=2).astype({"stock_quantity": object})
+    flawed.loc[5, "stock_quantity"] = -3
+    hopeless = products_frame(10, seed=3).astype({"unit_price": object})
+    hopeless.loc[[1, 4, 6], "unit_price"] = "free"
+    flawed_id = _register(engine, paths, flawed, "acme", "flawed.csv", T0)
+    hopeless_id = _register(engine, paths, hopeless, "acme", "hopeless.csv", T0 + 1)
+    clean = products_frame(8, seed=4)
+    clean_id = _register(engine, paths, clean, "acme", "clean.csv", T0 + 2)
+    expected = len(set(flawed["sku"].drop(index=5)) | set(clean["sku"]))
 
-    result = _materialize(product_uploads, upload_id, resources, instance)
+    result = _materialize([products], resources, instance)
 
-    assert _count(engine, products, "acme") == len(frame) - len(bad_rows)
-    record = _journal(engine, upload_id)
-    assert record.status == "completed"
-    assert (record.rows_read, record.rows_rejected) == (40, len(bad_rows))
-    assert record.rows_imported == 40 - len(bad_rows)
-    metadata = _latest_metadata(instance, PRODUCTS, upload_id)
-    assert metadata["dagster/row_count"] == 40 - len(bad_rows)
-    assert metadata["rows_rejected"] == len(bad_rows)
-    preview = metadata["rejected_rows_preview"]
-    assert isinstance(preview, str)
-    assert "| 7 | stock_quantity | -3 |" in preview
-    rejects = Path(str(metadata["rejects_file"]))
-    assert rejects == paths.rejects_file("acme", upload_id)
-    assert rejects.read_text().splitlines()[1].startswith("7,stock_quantity,-3,")
-
-    validation = _checks(result)["validation"]
+    assert result.success
+    assert _journal(engine, flawed_id).status == "completed"
+    assert (
+        _journal(engine, flawed_id).rows_rejected,
+        _journal(engine, flawed_id).rows_imported,
+    ) == (
+        1,
+        39,
+    )
+    rejected = _journal(engine, hopeless_id)
+    assert (rejected.status, rejected.rows_imported) == ("rejected", 0)
+    assert "3 of 10 rows invalid" in (rejected.message or "")
+    assert _journal(engine, clean_id).status == "completed"
+    assert _count(engine, schema.products, "acme") == expected
+    metadata = _metadata(result, PRODUCTS)
+    assert metadata["dagster/row_count"] == expected
+    assert (metadata["uploads_completed"], metadata["uploads_rejected"]) == (2, 1)
+    assert metadata["rows_rejected"] == 4
+    preview = str(metadata["rejected_rows_preview"])
+    assert "| flawed.csv | 7 | stock_quantity | -3 |" in preview
+    assert str(paths.rejects_file("acme", flawed_id)) in str(metadata["rejects_files"])
+    rejects = paths.rejects_file("acme", flawed_id).read_text().splitlines()
+    assert rejects[1].startswith("7,stock_quantity,-3,")
+    validation = _checks(result, PRODUCTS)["validation"]
     assert not validation.passed
     assert validation.severity == dg.AssetCheckSeverity.ERROR
-    assert validation.metadata["rows_rejected"].value == len(bad_rows)
+    assert "hopeless.csv: rejected" in (validation.description or "")
+    assert validation.metadata["uploads_rejected"].value == 1
 
 
-def test_upload_with_too_many_invalid_rows_is_rejected_whole(
+def test_products_are_imported_before_sales_in_one_run(
     engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    frame = products_frame(10, seed=3).astype({"unit_price": object})
-    frame.loc[[1, 4], "unit_price"] = "free"
-    upload_id = _register(engine, paths, instance, frame, "acme", "products.csv")
-    strict = {**resources, "import_settings": ImportSettingsResource(max_invalid_fraction=0.1)}
+    catalogue = products_frame(20, seed=5)
+    sold = sales_frame(30, seed=6, skus=20)
+    # The sales file was dropped first, but its SKUs only exist once products are in.
+    sales_id = _register(engine, paths, sold, "acme", "sales.csv", T0)
+    products_id = _register(engine, paths, catalogue, "acme", "products.csv", T0 + 60)
 
-    result = _materialize(product_uploads, upload_id, strict, instance)
+    result = _materialize([products, sales], resources, instance)
 
-    assert _count(engine, products, "acme") == 0
-    record = _journal(engine, upload_id)
-    assert record.status == "rejected"
-    assert (record.rows_read, record.rows_rejected, record.rows_imported) == (10, 2, 0)
-    assert "2 of 10 rows invalid" in (record.message or "")
-    metadata = _latest_metadata(instance, PRODUCTS, upload_id)
-    assert metadata["dagster/row_count"] == 0
-    assert metadata["status"] == "rejected"
-    assert "rejected_rows_preview" in metadata
-    assert not _checks(result)["validation"].passed
+    assert result.success
+    assert _journal(engine, products_id).finished_at <= _journal(engine, sales_id).started_at
+    assert _count(engine, schema.sales, "acme") == len(sold)
+    checks = _checks(result, SALES)
+    assert set(checks) == {"validation", "orphan_skus"}
+    assert checks["orphan_skus"].passed
+    metadata = _metadata(result, SALES)
+    assert metadata["orphan_skus"] == 0
+    assert metadata["dagster/row_count"] == len(sold)
+    days = sorted({d.date().isoformat() for d in pd.to_datetime(sold["sold_at"], utc=True)})
+    assert metadata["days_touched"] == days
 
 
 def test_sales_with_unknown_skus_warn_through_the_orphan_check(
     engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
 ) -> None:
     catalogue = products_frame(10, seed=4)
-    sales_rows = sales_frame(60, seed=5, skus=15)
-    orphans = set(sales_rows["sku"]) - set(catalogue["sku"])
+    sold = sales_frame(60, seed=5, skus=15)
+    orphans = set(sold["sku"]) - set(catalogue["sku"])
     assert orphans  # the seed must produce SKUs outside the catalogue
-    products_id = _register(engine, paths, instance, catalogue, "acme", "products.csv")
-    _materialize(product_uploads, products_id, resources, instance)
-    sales_id = _register(engine, paths, instance, sales_rows, "acme", "sales.csv")
+    _register(engine, paths, catalogue, "acme", "products.csv", T0)
+    _register(engine, paths, sold.head(30), "acme", "sales-1.csv", T0 + 1)
+    _register(engine, paths, sold.tail(30), "acme", "sales-2.csv", T0 + 2)
 
-    result = _materialize(sales_uploads, sales_id, resources, instance)
+    result = _materialize([products, sales], resources, instance)
 
-    assert _count(engine, sales, "acme") == len(sales_rows)
-    assert _journal(engine, sales_id).status == "completed"
-    metadata = _latest_metadata(instance, SALES, sales_id)
-    assert metadata["orphan_skus"] == len(orphans)
-    assert metadata["dagster/row_count"] == len(sales_rows)
-    checks = _checks(result)
-    assert set(checks) == {"validation", "orphan_skus"}
-    assert checks["validation"].passed
-    orphan_check = checks["orphan_skus"]
+    metadata = _metadata(result, SALES)
+    assert metadata["orphan_skus"] == len(orphans), "distinct over the batch, not per file"
+    orphan_check = _checks(result, SALES)["orphan_skus"]
     assert not orphan_check.passed
     assert orphan_check.severity == dg.AssetCheckSeverity.WARN
     assert orphan_check.metadata["orphan_skus"].value == len(orphans)
-    sample = str(orphan_check.metadata["sample"].value).split(", ")
-    assert set(sample) <= orphans
+    assert set(str(orphan_check.metadata["sample"].value).split(", ")) <= orphans
 
 
-def test_sales_with_known_skus_pass_the_orphan_check(
-    engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
+def test_nothing_pending_is_an_empty_successful_batch(
+    engine: Engine, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    products_id = _register(engine, paths, instance, products_frame(20), "acme", "products.csv")
-    _materialize(product_uploads, products_id, resources, instance)
-    sales_id = _register(
-        engine, paths, instance, sales_frame(30, seed=6, skus=20), "acme", "sales.csv"
-    )
+    result = _materialize([products], resources, instance)
 
-    result = _materialize(sales_uploads, sales_id, resources, instance)
-
-    assert _checks(result)["orphan_skus"].passed
-    assert _latest_metadata(instance, SALES, sales_id)["orphan_skus"] == 0
+    assert result.success
+    metadata = _metadata(result, PRODUCTS)
+    assert (metadata["uploads"], metadata["dagster/row_count"]) == (0, 0)
+    assert metadata["batch"] == "nothing to import"
+    assert _checks(result, PRODUCTS)["validation"].passed
 
 
-def test_rematerialising_writes_nothing_new(
+def test_upload_ids_re_import_exactly_those_whatever_their_status(
     engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
 ) -> None:
     frame = sales_frame(50, seed=7)
-    upload_id = _register(engine, paths, instance, frame, "acme", "sales.csv.gz")
-    first = _materialize(sales_uploads, upload_id, resources, instance)
+    done_id = _register(engine, paths, frame, "acme", "sales.csv", T0)
+    first = _materialize([sales], resources, instance)
+    waiting_id = _register(engine, paths, sales_frame(5, seed=8), "acme", "later.csv", T0 + 9)
 
-    second = _materialize(sales_uploads, upload_id, resources, instance)
+    again = _materialize([sales], resources, instance, upload_ids={"sales": [done_id]})
 
-    assert _count(engine, sales, "acme") == len(frame)
-    record = _journal(engine, upload_id)
+    assert again.success
+    record = _journal(engine, done_id)
     assert record.status == "completed"
-    assert record.run_id == second.run_id != first.run_id
+    assert record.run_id == again.run_id != first.run_id
     assert (record.rows_read, record.rows_imported, record.rows_updated) == (len(frame), 0, 0)
-    metadata = _latest_metadata(instance, SALES, upload_id)
-    assert (metadata["rows_imported"], metadata["rows_updated"]) == (0, 0)
-    assert metadata["rows_unchanged"] == len(frame)
+    assert _journal(engine, waiting_id).status == "received", "not asked for"
+    metadata = _metadata(again, SALES)
+    assert (metadata["uploads"], metadata["rows_imported"], metadata["rows_updated"]) == (1, 0, 0)
     assert metadata["dagster/row_count"] == len(frame)
 
 
-def test_unregistered_partition_fails_the_run(
-    resources: dict, instance: dg.DagsterInstance
+@pytest.mark.parametrize(
+    ("asked", "reason"),
+    [
+        ("acme.0000000000000000", "is not an upload of 'acme'"),
+        ("globex", "is not an upload of 'acme'"),  # another tenant's upload: no existence leak
+        ("sales", "is a sales upload, not products"),
+        ("duplicate", "is a re-drop of another upload"),
+    ],
+)
+def test_upload_ids_that_cannot_be_imported_fail_the_run_without_retries(
+    engine: Engine,
+    paths: StoragePaths,
+    resources: dict,
+    instance: dg.DagsterInstance,
+    asked: str,
+    reason: str,
 ) -> None:
-    instance.add_dynamic_partitions("product_uploads", ["acme.0000000000000000"])
+    data = products_frame(4, seed=10)
+    ids = {
+        "globex": _register(engine, paths, data, "globex", "p.csv", T0),
+        "sales": _register(engine, paths, sales_frame(3), "acme", "s.csv", T0),
+        "acme": _register(engine, paths, data, "acme", "p.csv", T0),
+    }
+    write_csv(data, paths.inbox / "acme" / "p-again.csv")
+    [duplicate] = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1).duplicates
+    ids["duplicate"] = duplicate
+    upload_id = ids.get(asked, asked)
 
-    result = dg.materialize(
-        [product_uploads],
-        partition_key="acme.0000000000000000",
-        resources=resources,
-        instance=instance,
-        raise_on_error=False,
+    result = _materialize(
+        [products], resources, instance, upload_ids={"products": [upload_id]}, raise_on_error=False
     )
 
     assert not result.success
     assert not [
         e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
     ]
-    failures = [e for e in result.all_events if e.is_step_failure]
-    assert failures
-    assert "is not in the journal" in str(failures[-1].step_failure_data.error)
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert reason in str(failure.step_failure_data.error)
+    assert _count(engine, schema.products, "acme") == 0
+    assert _journal(engine, ids["acme"]).status == "received"
+
+
+def test_strict_settings_reach_the_import(
+    engine: Engine, paths: StoragePaths, resources: dict, instance: dg.DagsterInstance
+) -> None:
+    frame = products_frame(10, seed=3).astype({"unit_price": object})
+    frame.loc[[1], "unit_price"] = "free"
+    upload_id = _register(engine, paths, frame, "acme", "products.csv", T0)
+    strict = {**resources, "import_settings": ImportSettingsResource(max_invalid_fraction=0.05)}
+
+    result = _materialize([products], strict, instance)
+
+    assert result.success
+    assert _journal(engine, upload_id).status == "rejected"
+    assert _count(engine, schema.products, "acme") == 0
+    assert not _checks(result, PRODUCTS)["validation"].passed

@@ -14,7 +14,6 @@ from sqlalchemy import Engine, select
 
 from etl_assets.definitions import build_domains
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
 from etl_assets.defs.maintenance.jobs import DRY_RUN, cleanup_job
 from etl_assets.defs.maintenance.schedules import build_maintenance
 from etl_assets.samples import sales_frame, write_csv
@@ -318,9 +317,8 @@ def test_cleanup_job_is_a_dry_run_unless_forced(
     upload_id, landing, rejects = _upload(
         engine, paths, b"old", status="completed", received_at=old, finished_at=old
     )
-    partitions = PARTITIONS_BY_KIND["products"].name
     with dg.DagsterInstance.ephemeral() as instance:
-        instance.add_dynamic_partitions(partitions, [upload_id])
+        instance.add_dynamic_partitions("companies", ["acme"])
 
         def run(force: bool) -> dg.ExecuteInProcessResult:
             config = {"retention_days": 30, "force": force}
@@ -337,7 +335,7 @@ def test_cleanup_job_is_a_dry_run_unless_forced(
         assert _journalled(engine) == {upload_id}
         forced = run(force=True)
         forced_metadata = _output_metadata(forced)
-        partition_left = instance.has_dynamic_partition(partitions, upload_id)
+        companies_left = instance.get_dynamic_partitions("companies")
 
     assert dry.success
     assert forced.success
@@ -351,7 +349,8 @@ def test_cleanup_job_is_a_dry_run_unless_forced(
     assert not landing.exists()
     assert not rejects.exists()
     assert _journalled(engine) == set()
-    assert not partition_left
+    # Partitions are companies, not uploads: deleting an upload's rows keeps its company.
+    assert companies_left == ["acme"]
 
 
 def _schedule(domain_schedules: list, name: str) -> dg.ScheduleDefinition:

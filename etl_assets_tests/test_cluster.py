@@ -5,6 +5,7 @@ One cluster serves the whole module (starting one takes ~25 s). Tests that kill 
 it again before they end; the test that stops the cluster comes last.
 """
 
+import itertools
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from sqlalchemy import Engine, column, create_engine, func, select, table
 
 from etl_assets.cli import place_upload
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.warehouse.schema import daily_sales, sales, uploads
+from etl_assets.warehouse.schema import daily_sales, products, sales, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 300
@@ -44,10 +45,11 @@ QUEUE_WAIT_SECONDS = 10
 LONG_IMPORT_ROWS = 300_000
 # Imports go to the `imports` queue, the touched-days refresh to `aggregates` (general worker).
 STEPS = [
-    ("worker-imports", "product_uploads"),
-    ("worker-imports", "sales_uploads"),
+    ("worker-imports", "products"),
+    ("worker-imports", "sales"),
     ("worker-general", "daily_sales"),
 ]
+IMPORT_WORKERS = ("worker-imports-1", "worker-imports-2")
 
 event_logs = table(
     "event_logs",
@@ -58,13 +60,14 @@ event_logs = table(
     column("step_key"),
 )
 run_tags = table("run_tags", column("run_id"), column("key"), column("value"))
+runs = table("runs", column("id"), column("run_id"), column("status"))
 
 
 def _ran_on(directory: Path, worker: str, step: str) -> bool:
     """A log of the worker (`worker-imports` covers every import worker) holds the step's
     materialisation event (steps log where they run)."""
     return any(
-        f"{step} - ASSET_MATERIALIZATION" in log.read_text(errors="replace")
+        f" - {step} - ASSET_MATERIALIZATION" in log.read_text(errors="replace")
         for log in (directory / "logs").glob(f"{worker}*.log")
     )
 
@@ -191,21 +194,32 @@ def _run_events(instance: Engine, run_id: str) -> list[RunEvent]:
     ]
 
 
-def _company_run(instance: Engine, company: str) -> str | None:
-    """The run launched for a company's upload (runs carry the `etl/company` tag)."""
+def _company_runs(instance: Engine, company: str) -> list[str]:
+    """The import runs launched for a company's batches (they carry the `etl/company` tag)."""
     with instance.connect() as conn:
-        return conn.execute(
-            select(run_tags.c.run_id).where(
-                run_tags.c.key == "etl/company", run_tags.c.value == company
-            )
-        ).scalar_one_or_none()
+        return list(
+            conn.execute(
+                select(runs.c.run_id)
+                .join(run_tags, run_tags.c.run_id == runs.c.run_id)
+                .where(run_tags.c.key == "etl/company", run_tags.c.value == company)
+                .order_by(runs.c.id)
+            ).scalars()
+        )
+
+
+def _company_run(instance: Engine, company: str) -> str | None:
+    """The company's one import run, if it was launched."""
+    found = _company_runs(instance, company)
+    assert len(found) <= 1, f"{company} has {len(found)} import runs"
+    return found[0] if found else None
 
 
 def _run_ended(instance: Engine, company: str) -> bool:
-    run_id = _company_run(instance, company)
-    return run_id is not None and any(
+    """The company's first import run has ended."""
+    found = _company_runs(instance, company)
+    return bool(found) and any(
         event.type in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE", "PIPELINE_CANCELED")
-        for event in _run_events(instance, run_id)
+        for event in _run_events(instance, found[0])
     )
 
 
@@ -232,6 +246,17 @@ def _worker_exited(events: list[RunEvent]) -> bool:
     except FileNotFoundError:
         return True
     return state == "Z"  # exited, not yet reaped by its parent
+
+
+def _journal_rows(warehouse: Engine, company: str) -> list[dict]:
+    """The company's journal rows in drop order."""
+    with warehouse.connect() as conn:
+        return [
+            dict(row)
+            for row in conn.execute(
+                select(uploads).where(uploads.c.company == company).order_by(uploads.c.dropped_at)
+            ).mappings()
+        ]
 
 
 def _journal(warehouse: Engine, company: str) -> tuple[str, int | None]:
@@ -337,7 +362,7 @@ def test_uploads_run_on_the_celery_workers_behind_the_authenticating_proxy(
         assert conn.execute(select(func.count()).select_from(daily_sales)).scalar_one() > 0
     for worker, step in STEPS:
         assert _ran_on(cluster.directory, worker, step), f"{step} did not run on {worker}"
-    assert not _ran_on(cluster.directory, "worker-general", "sales_uploads")
+    assert not _ran_on(cluster.directory, "worker-general", "sales")
 
 
 def test_a_job_launched_through_the_graphql_api_completes(cluster: Cluster) -> None:
@@ -463,6 +488,73 @@ def test_a_step_whose_queue_has_no_worker_fails_its_run_and_leaves_nothing_queue
     # One list per priority step: `dagster`, `dagster\x06\x163`, ...
     queued = sum(redis.llen(key) for key in redis.scan_iter(match="dagster*", _type="list"))
     assert queued == 0, "a task was left in the queue for a future worker"
+
+
+def test_the_newest_of_three_files_changing_one_product_wins(
+    cluster: Cluster, instance: Engine, warehouse: Engine
+) -> None:
+    """Dropped together with two import workers free: one run imports them in drop order."""
+    source = cluster.directory / "source" / "ordering"
+    catalogue = products_frame(5, seed=11)
+    for n in range(3):
+        stock = [100 * n + i for i in range(len(catalogue))]
+        write_csv(catalogue.assign(stock_quantity=stock), source / f"stock-{n}.csv")
+    for n in range(3):
+        cluster.drop(source / f"stock-{n}.csv", "ordering")
+
+    def finished() -> bool:
+        rows = _journal_rows(warehouse, "ordering")
+        return len(rows) == 3 and all(r["status"] not in ("received", "processing") for r in rows)
+
+    _wait_for(finished, DEADLINE_SECONDS, "the three uploads were imported")
+
+    rows = _journal_rows(warehouse, "ordering")
+    assert [r["original_name"] for r in rows] == ["stock-0.csv", "stock-1.csv", "stock-2.csv"]
+    assert {r["status"] for r in rows} == {"completed"}
+    for earlier, later in itertools.pairwise(rows):
+        assert earlier["finished_at"] <= later["started_at"], "imports of a company overlapped"
+    with warehouse.connect() as conn:
+        stock = conn.execute(
+            select(products.c.stock_quantity)
+            .where(products.c.company == "ordering")
+            .order_by(products.c.sku)
+        ).scalars()
+        assert list(stock) == [200, 201, 202, 203, 204]
+    assert 1 <= len(_company_runs(instance, "ordering")) <= 3
+
+
+def test_an_upload_whose_run_failed_before_its_step_is_imported_by_a_later_run(
+    cluster: Cluster, instance: Engine, warehouse: Engine
+) -> None:
+    source = cluster.directory / "source" / "stranded.csv"
+    write_csv(sales_frame(500, seed=12), source)
+    for worker in IMPORT_WORKERS:
+        cluster.kill(worker)
+    try:
+        cluster.drop(source, "stranded")
+        _wait_for(
+            lambda: _run_ended(instance, "stranded"),
+            DEADLINE_SECONDS,
+            "the first run failed for want of an import worker",
+        )
+    finally:
+        for worker in IMPORT_WORKERS:
+            cluster.restart(worker)
+    recovered = _wait_for(
+        lambda: _journal(warehouse, "stranded")[0] not in ("received", "processing"),
+        DEADLINE_SECONDS,
+        "the upload was imported by a later run",
+    )
+    print(f"cluster: the stranded upload completed {recovered:.0f}s after the workers came back")
+
+    first, *later = _company_runs(instance, "stranded")
+    (failure,) = _of_type(_run_events(instance, first), "PIPELINE_FAILURE")
+    assert "NoWorkerForQueue" in failure.entry.dagster_event.event_specific_data.error.cls_name
+    assert later, "the upload was offered again under a new run"
+    [row] = _journal_rows(warehouse, "stranded")
+    assert (row["status"], row["rows_imported"]) == ("completed", 500)
+    assert row["run_id"] == later[-1]
+    assert 2 <= row["attempts"] <= 3
 
 
 def test_stop_leaves_no_process_behind(cluster: Cluster) -> None:

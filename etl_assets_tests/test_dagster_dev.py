@@ -9,12 +9,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import psutil
 import pytest
+from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import Engine, exc, func, select
 
 from etl_assets.cli import place_upload
@@ -87,8 +89,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
+@contextmanager
+def _dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
+    """`dagster dev` with its defaults (SQLite instance, multiprocess executor, no run limits)
+    on a data directory under `tmp_path`; every process it started is gone afterwards."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n", encoding="utf-8")
@@ -124,6 +128,44 @@ def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
         assert stray == [], f"processes left behind: {stray}"
 
 
+@pytest.fixture
+def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
+    with _dagster_dev(tmp_path) as running:
+        yield running
+
+
+def _wait_until_all_finished(
+    dev: DagsterDev, engine: Engine, names: set[str]
+) -> dict[str, tuple[str, int | None, str | None]]:
+    """Poll the journal until every named upload is journalled and none is still pending."""
+    started = time.monotonic()
+    tick = threading.Event()
+    journal: dict[str, tuple[str, int | None, str | None]] = {}
+    while time.monotonic() - started < DEADLINE_SECONDS:
+        dev.remember_processes()
+        assert dev.process.poll() is None, dev.log_tail()
+        if (dev.data / "warehouse.db").exists():
+            journal = _journal(engine)
+        if set(journal) >= names and all(
+            status not in ("received", "processing") for status, _, _ in journal.values()
+        ):
+            break
+        tick.wait(0.5)  # a poll with a deadline, not a fixed sleep
+    print(f"\ndagster dev: {len(names)} uploads finished {time.monotonic() - started:.1f}s in")
+    return journal
+
+
+def _finished_runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    """The job's runs once none is in flight any more (a run ends just after its last step)."""
+    started = time.monotonic()
+    tick = threading.Event()
+    while True:
+        runs = instance.get_runs(dg.RunsFilter(job_name=job_name))
+        if all(run.is_finished for run in runs) or time.monotonic() - started > STOP_SECONDS:
+            return runs
+        tick.wait(0.5)  # a poll with a deadline, not a fixed sleep
+
+
 def _journal(engine: Engine) -> dict[str, tuple[str, int | None, str | None]]:
     """original name -> (status, rows imported, run id); empty until the sensor made the table."""
     try:
@@ -155,23 +197,8 @@ def test_dropped_files_are_imported_without_a_click(
             write_csv(sold, exports / "sales.csv"), "acme", dagster_dev.data / "inbox"
         ).name: len(sold),
     }
-    started = time.monotonic()
     engine = make_engine(f"sqlite:///{dagster_dev.data}/warehouse.db")
-    tick = threading.Event()
-
-    journal: dict[str, tuple[str, int | None, str | None]] = {}
-    while time.monotonic() - started < DEADLINE_SECONDS:
-        dagster_dev.remember_processes()
-        assert dagster_dev.process.poll() is None, dagster_dev.log_tail()
-        if (dagster_dev.data / "warehouse.db").exists():
-            journal = _journal(engine)
-        if set(journal) == set(dropped) and all(
-            status not in ("received", "processing") for status, _, _ in journal.values()
-        ):
-            break
-        tick.wait(0.5)
-    elapsed = time.monotonic() - started
-    print(f"\ndagster dev: both uploads finished {elapsed:.1f}s after the drop")
+    journal = _wait_until_all_finished(dagster_dev, engine, set(dropped))
 
     assert {name: status for name, (status, _, _) in journal.items()} == {
         name: "completed" for name in dropped
@@ -184,13 +211,14 @@ def test_dropped_files_are_imported_without_a_click(
         assert conn.execute(select(func.count()).select_from(sales)).scalar_one() == len(sold)
     engine.dispose()
 
+    # Both uploads of the company went in one run: products first, then sales.
+    [run_id] = {run_id for _, _, run_id in journal.values()}
     with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
-        for name, (_, _, run_id) in journal.items():
-            run = instance.get_run_by_id(run_id or "")
-            assert run is not None
-            assert run.job_name == ("products" if "products" in name else "sales") + "_import_job"
-            assert run.tags["etl/company"] == "acme"
-            assert run.tags["dagster/partition"] == run.tags["etl/upload_id"]
+        run = instance.get_run_by_id(run_id or "")
+        assert run is not None
+        assert run.job_name == "import_job"
+        assert run.tags["etl/company"] == run.tags["dagster/partition"] == "acme"
+        assert run.tags["etl/uploads"] == "2"
 
     with urllib.request.urlopen(f"http://127.0.0.1:{dagster_dev.port}/server_info") as response:
         assert response.status == 200
@@ -199,3 +227,78 @@ def test_dropped_files_are_imported_without_a_click(
     assert len(dagster_dev.seen) >= 3
     assert dagster_dev.stop() == []
     assert dagster_dev.process.returncode == 0, dagster_dev.log_tail()
+
+
+def test_a_burst_of_uploads_takes_one_run_per_company(tmp_path: Path) -> None:
+    """40 uploads of 8 companies, all in the inbox when the sensor first looks: 8 runs."""
+    exports = tmp_path / "exports"
+    inbox = tmp_path / "data" / "inbox"
+    dropped: dict[str, tuple[str, int]] = {}
+    for c in range(8):
+        company = f"tenant-{c}"
+        for f in range(5):
+            frame = sales_frame(40, seed=100 * c + f, start=40 * f)
+            name = f"sales-{c}-{f}.csv"
+            place_upload(write_csv(frame, exports / company / name), company, inbox)
+            dropped[name] = (company, len(frame))
+
+    with _dagster_dev(tmp_path) as dev:
+        engine = make_engine(f"sqlite:///{dev.data}/warehouse.db")
+        journal = _wait_until_all_finished(dev, engine, set(dropped))
+        dev.remember_processes()
+        with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+            runs = _finished_runs(instance, "import_job")
+        with engine.connect() as conn:
+            stored = dict(
+                conn.execute(select(sales.c.company, func.count()).group_by(sales.c.company)).all()
+            )
+        engine.dispose()
+
+    assert {name: status for name, (status, _, _) in journal.items()} == {
+        name: "completed" for name in dropped
+    }, dev.log_tail()
+    assert stored == {f"tenant-{c}": 200 for c in range(8)}
+    assert len(runs) <= 8
+    assert {run.tags["etl/company"] for run in runs} == {f"tenant-{c}" for c in range(8)}
+    assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+
+
+# Long enough (several seconds on SQLite) to terminate the run in the middle of the import.
+LONG_IMPORT_ROWS = 400_000
+
+
+def test_a_run_terminated_mid_import_is_offered_again_and_completes(
+    dagster_dev: DagsterDev, tmp_path: Path
+) -> None:
+    source = write_csv(sales_frame(LONG_IMPORT_ROWS, seed=7, skus=300), tmp_path / "long.csv")
+    place_upload(source, "west", dagster_dev.data / "inbox")
+    engine = make_engine(f"sqlite:///{dagster_dev.data}/warehouse.db")
+    started = time.monotonic()
+    tick = threading.Event()
+    journal: dict[str, tuple[str, int | None, str | None]] = {}
+    while time.monotonic() - started < DEADLINE_SECONDS:
+        assert dagster_dev.process.poll() is None, dagster_dev.log_tail()
+        if (dagster_dev.data / "warehouse.db").exists():
+            journal = _journal(engine)
+        if journal.get("long.csv", ("",))[0] == "processing":
+            break
+        tick.wait(0.2)  # a poll with a deadline, not a fixed sleep
+    _, _, first_run = journal["long.csv"]
+    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
+    client.terminate_run(first_run or "")
+
+    journal = _wait_until_all_finished(dagster_dev, engine, {"long.csv"})
+    with engine.connect() as conn:
+        stored = conn.execute(select(func.count()).select_from(sales)).scalar_one()
+        attempts = conn.execute(select(uploads.c.attempts)).scalar_one()
+    engine.dispose()
+    with dg.DagsterInstance.from_config(str(dagster_dev.home)) as instance:
+        runs = _finished_runs(instance, "import_job")
+
+    status, imported, last_run = journal["long.csv"]
+    assert (status, imported, stored) == ("completed", LONG_IMPORT_ROWS, LONG_IMPORT_ROWS)
+    assert attempts == 2
+    by_id = {run.run_id: run.status for run in runs}
+    assert by_id[first_run] == dg.DagsterRunStatus.CANCELED
+    assert last_run != first_run
+    assert by_id[last_run] == dg.DagsterRunStatus.SUCCESS

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from etl_assets.definitions import build_definitions, build_resources, defs
+from etl_assets.services.batches import BatchLimits
 
 
 @pytest.fixture
@@ -25,15 +26,14 @@ def test_definitions_load() -> None:
 
 
 ASSET_GROUPS = {
-    "product_uploads": "imports",
-    "sales_uploads": "imports",
+    "products": "imports",
+    "sales": "imports",
     "daily_sales": "aggregates",
     "dashboard_metrics": "metrics",
     "monthly_sales_report": "reports",
 }
 JOBS = {
-    "products_import_job",
-    "sales_import_job",
+    "import_job",
     "daily_sales_job",
     "rebuild_aggregates_job",
     "dashboard_metrics_job",
@@ -60,14 +60,22 @@ def test_assets_groups_and_checks() -> None:
     groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
     assert groups == ASSET_GROUPS
     assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
-        ("product_uploads", "validation"),
-        ("sales_uploads", "validation"),
-        ("sales_uploads", "orphan_skus"),
+        ("products", "validation"),
+        ("sales", "validation"),
+        ("sales", "orphan_skus"),
     }
-    for name in ("product_uploads", "sales_uploads"):
+    for name in ("products", "sales"):
         partitions = graph.get(dg.AssetKey(name)).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition)
-        assert partitions.name == name
+        # The tenants, shared with the reports: never one partition per upload.
+        assert partitions.name == "companies"
+    assert graph.get(dg.AssetKey("sales")).parent_keys == {dg.AssetKey("products")}
+    downstream = {
+        key.to_user_string()
+        for name in ("products", "sales")
+        for key in graph.get(dg.AssetKey(name)).child_keys
+    }
+    assert downstream == {"sales", "daily_sales", "dashboard_metrics", "monthly_sales_report"}
     assert isinstance(
         graph.get(dg.AssetKey("daily_sales")).partitions_def, dg.TimeWindowPartitionsDefinition
     )
@@ -98,29 +106,22 @@ def test_calendar_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     assert {s.execution_timezone for s in built.schedules or []} == {"Europe/Madrid"}
 
 
-@pytest.mark.parametrize(
-    ("job_name", "asset", "partitions"),
-    [
-        ("products_import_job", "product_uploads", "product_uploads"),
-        ("sales_import_job", "sales_uploads", "sales_uploads"),
-    ],
-)
-def test_import_jobs(job_name: str, asset: str, partitions: str) -> None:
-    job = defs.resolve_job_def(job_name)
+def test_import_job_covers_both_tables_by_company() -> None:
+    job = defs.resolve_job_def("import_job")
 
     assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)
-    assert job.partitions_def.name == partitions
-    assert {key.to_user_string() for key in job.asset_layer.executable_asset_keys} == {asset}
+    assert job.partitions_def.name == "companies"
+    executable = {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+    assert executable == {"products", "sales"}
+    # Whole-run retries are the sensor's (bounded attempts), not the daemon's.
+    assert job.tags["dagster/max_retries"] == "0"
 
 
 def test_upload_sensor_runs_by_default() -> None:
     sensor = defs.resolve_sensor_def("upload_sensor")
 
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sorted(target.job_name for target in sensor.targets) == [
-        "products_import_job",
-        "sales_import_job",
-    ]
+    assert [target.job_name for target in sensor.targets] == ["import_job"]
     assert sensor.required_resource_keys == {"warehouse", "storage", "import_settings"}
 
 
@@ -132,8 +133,8 @@ def test_resources_cover_every_requirement() -> None:
         # `io_manager` is Dagster's default; the assets return MaterializeResult, never outputs.
         required = graph.assets_def_for_key(key).required_resource_keys - {"io_manager"}
         assert required <= defined, key
-    for name in ("products_import_job", "sales_import_job"):
-        assert defs.resolve_job_def(name).required_resource_keys >= {"warehouse", "storage"}
+    required = defs.resolve_job_def("import_job").required_resource_keys
+    assert required >= {"warehouse", "storage", "import_settings"}
 
 
 def test_build_resources_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -145,6 +146,7 @@ def test_build_resources_defaults(clean_env: pytest.MonkeyPatch, tmp_path: Path)
         assert resolved.import_settings.settle_seconds == 5
         assert resolved.import_settings.max_invalid_fraction == 0.05
         assert resolved.import_settings.companies_file is None
+        assert resolved.import_settings.batch_limits() == BatchLimits(50, 1024**3)
 
 
 def test_build_resources_honours_the_environment(
@@ -158,6 +160,8 @@ def test_build_resources_honours_the_environment(
     clean_env.setenv("ETL_COMPANIES_FILE", str(companies))
     clean_env.setenv("ETL_SETTLE_SECONDS", "7")
     clean_env.setenv("ETL_MAX_INVALID_FRACTION", "0.25")
+    clean_env.setenv("ETL_IMPORT_BATCH_MAX_UPLOADS", "10")
+    clean_env.setenv("ETL_IMPORT_BATCH_MAX_BYTES", "1000000")
 
     with dg.build_resources(build_resources()) as resolved:
         assert resolved.warehouse.url == f"sqlite:///{tmp_path}/other.db"
@@ -169,6 +173,7 @@ def test_build_resources_honours_the_environment(
         assert resolved.import_settings.max_invalid_fraction == 0.25
         assert resolved.import_settings.company_options()["acme"].delimiter == ";"
         assert resolved.import_settings.import_settings().max_invalid_fraction == 0.25
+        assert resolved.import_settings.batch_limits() == BatchLimits(10, 1_000_000)
 
 
 def test_env_vars_are_resolved_when_resources_are_built(
@@ -207,13 +212,13 @@ def test_bad_settle_seconds_names_the_variable(clean_env: pytest.MonkeyPatch) ->
     assert "cannot be coerced into an int" in str(error.value)
 
 
-def test_loading_the_code_location_leaves_the_pdf_libraries_unimported() -> None:
-    """Every run worker loads the code location: matplotlib and fpdf would add over a second to
-    each run's start, and only the monthly report's PDF needs them."""
-    probe = (
-        "import sys, etl_assets.definitions; "
-        "print(sorted({'matplotlib', 'fpdf'} & set(sys.modules)))"
-    )
+HEAVY = ("pandas", "pandera", "openpyxl", "matplotlib", "fpdf", "numpy")
+
+
+def test_loading_the_code_location_leaves_the_heavy_libraries_unimported() -> None:
+    """Every run worker loads the code location: the data and PDF libraries would add seconds to
+    each run's start, and only the steps that parse uploads or draw a PDF need them."""
+    probe = f"import sys, etl_assets.definitions; print(sorted(set({HEAVY!r}) & set(sys.modules)))"
     loaded = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )

@@ -42,8 +42,8 @@ QUEUE_TAG = "dagster-celery/queue"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/14"
 
 QUEUES = {
-    "product_uploads": "imports",
-    "sales_uploads": "imports",
+    "products": "imports",
+    "sales": "imports",
     "daily_sales": "aggregates",
     "dashboard_metrics": "aggregates",
     "rebuild_daily_sales": "aggregates",
@@ -54,8 +54,7 @@ QUEUES = {
     "health_checks": "dagster",
 }
 MAX_RUNTIMES = {
-    "products_import_job": "900",
-    "sales_import_job": "900",
+    "import_job": "3600",
     "daily_sales_job": "1800",
     "rebuild_aggregates_job": "1800",
     "dashboard_metrics_job": "300",

@@ -1,4 +1,4 @@
-"""Registration of inbox files (`scan_inbox`, `pending_imports`) on SQLite and PostgreSQL."""
+"""Registration of inbox files (`scan_inbox`) and the journal rows it writes, on both dialects."""
 
 import hashlib
 import os
@@ -12,7 +12,7 @@ from etl_assets.samples import products_frame, sales_frame, write_csv, write_xls
 from etl_assets.services import journal
 from etl_assets.services.registration import (
     ScanResult,
-    pending_imports,
+    landing_path,
     scan_inbox,
     upload_id_for,
 )
@@ -46,6 +46,11 @@ def _journal(engine: Engine) -> list[journal.UploadRecord]:
     with engine.connect() as conn:
         rows = conn.execute(select(uploads).order_by(uploads.c.upload_id)).mappings().all()
     return [journal.UploadRecord(**row) for row in rows]
+
+
+def _unfinished(engine: Engine) -> list[journal.UploadRecord]:
+    with engine.connect() as conn:
+        return journal.unfinished(conn, limit=100)
 
 
 def _sha(data: bytes) -> str:
@@ -86,8 +91,7 @@ def _assert_rejected(
     assert f"from: {row.source}" in reason_text
     assert [p.name for p in _files(paths.inbox)] == []
     assert _files(paths.landing) == []
-    with engine.connect() as conn:
-        assert journal.with_status(conn, "received", 10) == []
+    assert _unfinished(engine) == []
     return row, moved
 
 
@@ -131,9 +135,11 @@ def test_settled_file_lands_read_only_under_its_hash(
     assert (row.original_name, row.sha256) == (Path(relative).name, _sha(data))
     assert row.source is not None
     assert row.source.endswith(f": inbox/{relative}")
-    [pending] = pending_imports(engine, paths)
+    [pending] = _unfinished(engine)
     assert (pending.upload_id, pending.company, pending.kind) == (expected_id, company, kind)
-    assert pending.landing_path == landing
+    assert landing_path(paths, pending) == landing
+    assert pending.size_bytes == len(data)
+    assert pending.dropped_at is not None
 
 
 def test_file_at_inbox_root_is_rejected(engine: Engine, paths: StoragePaths) -> None:
@@ -389,7 +395,7 @@ def test_byte_identical_redrop_is_journalled_as_duplicate(
     assert "identical to products.csv" in (duplicate.message or "")
     assert f"upload {first_id}" in (duplicate.message or "")
     assert rows[first_id].status == "received"
-    assert [p.upload_id for p in pending_imports(engine, paths)] == [first_id]
+    assert [p.upload_id for p in _unfinished(engine)] == [first_id]
 
 
 def test_same_bytes_in_two_companies_are_two_uploads(engine: Engine, paths: StoragePaths) -> None:
@@ -406,7 +412,7 @@ def test_same_bytes_in_two_companies_are_two_uploads(engine: Engine, paths: Stor
         paths.landing / "acme" / f"{sha}.csv",
         paths.landing / "globex" / f"{sha}.csv",
     ]
-    pending = {p.company: p for p in pending_imports(engine, paths)}
+    pending = {p.company: p for p in _unfinished(engine)}
     assert set(pending) == {"acme", "globex"}
     assert pending["acme"].upload_id != pending["globex"].upload_id
 
@@ -445,7 +451,7 @@ def test_scan_limit_leaves_the_rest_for_the_next_scan(engine: Engine, paths: Sto
     assert [p.name for p in left] == ["products-2.csv"]
     assert len(rest.registered) == 1
     assert _files(paths.inbox) == []
-    assert len(pending_imports(engine, paths)) == 3
+    assert len(_unfinished(engine)) == 3
 
 
 def test_crash_between_journal_and_move_is_repaired_by_next_scan(
@@ -480,11 +486,11 @@ def test_crash_between_journal_and_move_is_repaired_by_next_scan(
     assert landing.read_bytes() == data
     [row] = _journal(engine)
     assert (row.upload_id, row.status) == (upload_id, "received")
-    [pending] = pending_imports(engine, paths)
-    assert (pending.upload_id, pending.landing_path) == (upload_id, landing)
+    [pending] = _unfinished(engine)
+    assert (pending.upload_id, landing_path(paths, pending)) == (upload_id, landing)
 
 
-def test_received_upload_is_offered_until_its_import_starts(
+def test_received_upload_stays_unfinished_until_its_import_ends(
     engine: Engine, paths: StoragePaths
 ) -> None:
     products = _products_csv()
@@ -495,20 +501,24 @@ def test_received_upload_is_offered_until_its_import_starts(
     expected = {upload_id_for("acme", _sha(products)), upload_id_for("acme", _sha(sales))}
     assert set(scan.registered) == expected
 
-    offered = {p.upload_id for p in pending_imports(engine, paths)}
+    offered = {p.upload_id for p in _unfinished(engine)}
     # The run requests were lost (sensor crashed): a later scan with an empty inbox offers again.
     rescan = _scan(engine, paths)
-    offered_again = {p.upload_id: p for p in pending_imports(engine, paths)}
+    offered_again = {p.upload_id: p for p in _unfinished(engine)}
 
     assert offered == expected
     assert set(offered_again) == expected
     assert rescan == ScanResult()
     assert {p.kind for p in offered_again.values()} == {"products", "sales"}
-    assert all(p.landing_path.is_file() for p in offered_again.values())
+    assert all(landing_path(paths, p).is_file() for p in offered_again.values())
 
     started = upload_id_for("acme", _sha(products))
     journal.mark_processing(engine, started, run_id="run-1")
-    assert {p.upload_id for p in pending_imports(engine, paths)} == expected - {started}
+    statuses = {p.upload_id: p.status for p in _unfinished(engine)}
+    assert statuses == {started: "processing", upload_id_for("acme", _sha(sales)): "received"}
+    with engine.begin() as conn:
+        journal.finish(conn, started, journal.Outcome("completed", 1, 1, 0, 0, "done"))
+    assert [p.upload_id for p in _unfinished(engine)] == [upload_id_for("acme", _sha(sales))]
 
 
 def test_a_very_long_name_is_rejected_into_a_valid_path(engine, paths):

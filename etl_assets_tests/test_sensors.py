@@ -1,4 +1,4 @@
-"""The upload sensor against a real temporary inbox, on SQLite and PostgreSQL."""
+"""The upload sensor against a real temporary inbox and instance, on SQLite and PostgreSQL."""
 
 import hashlib
 import json
@@ -8,10 +8,15 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from sqlalchemy import Engine
 
+from etl_assets.definitions import defs
+from etl_assets.defs.imports.assets import import_job
 from etl_assets.defs.imports.sensors import upload_sensor
 from etl_assets.defs.resources import ImportSettingsResource
 from etl_assets.samples import products_frame, sales_frame, write_csv
+from etl_assets.services import journal
+from etl_assets.services.batches import MAX_ATTEMPTS
 from etl_assets.services.registration import upload_id_for
 from etl_assets.services.storage import StoragePaths
 
@@ -72,58 +77,200 @@ def uploads(paths: StoragePaths) -> dict[str, tuple[str, str, str]]:
     return found
 
 
-def test_tick_requests_one_run_and_one_partition_per_upload(
+def _config_ids(request: dg.RunRequest) -> dict[str, list[str]]:
+    return {kind: op["config"]["upload_ids"] for kind, op in request.run_config["ops"].items()}
+
+
+def _journal(engine: Engine, upload_id: str) -> journal.UploadRecord:
+    with engine.connect() as conn:
+        record = journal.get(conn, upload_id)
+    assert record is not None
+    return record
+
+
+def _by_company(result: dg.SensorResult) -> dict[str, dg.RunRequest]:
+    requests = {r.partition_key: r for r in result.run_requests}
+    assert len(requests) == len(result.run_requests), "two runs for one company"
+    return requests
+
+
+def _submit(instance: dg.DagsterInstance, result: dg.SensorResult) -> list[dg.DagsterRun]:
+    """Create the requested runs, as the daemon does after a tick (created, not started)."""
+    return [
+        instance.create_run_for_job(
+            job_def=defs.resolve_job_def(request.job_name),
+            status=dg.DagsterRunStatus.NOT_STARTED,
+            run_config=request.run_config,
+            tags={**request.tags, "dagster/partition": request.partition_key},
+            asset_selection=set(request.asset_selection),
+        )
+        for request in result.run_requests
+    ]
+
+
+def _live_run(instance: dg.DagsterInstance, company: str) -> dg.DagsterRun:
+    """A run of `import_job` for the company, as the daemon would have it while it runs."""
+    return instance.create_run_for_job(
+        job_def=defs.resolve_job_def(import_job.name),
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": company, "etl/company": company},
+    )
+
+
+def test_tick_requests_one_run_per_company_with_all_its_uploads(
     instance: dg.DagsterInstance, resources: dict, paths: StoragePaths, uploads: dict
 ) -> None:
     result = _tick(instance, resources)
 
-    requests = {r.run_key: r for r in result.run_requests}
-    assert set(requests) == set(uploads)
-    for upload_id, (company, kind, _name) in uploads.items():
-        request = requests[upload_id]
-        assert request.partition_key == upload_id
-        assert request.job_name == f"{kind}_import_job"
-        assert request.tags["etl/company"] == company
-        assert request.tags["etl/kind"] == kind
-        assert request.tags["etl/upload_id"] == upload_id
-        assert "," not in request.partition_key
-    assert _adds(result) == {
-        "product_uploads": sorted(u for u, v in uploads.items() if v[1] == "products"),
-        "sales_uploads": sorted(u for u, v in uploads.items() if v[1] == "sales"),
-        "companies": sorted({v[0] for v in uploads.values()}),
+    requests = _by_company(result)
+    assert set(requests) == {"acme", "globex"}
+    by_name = {name: upload_id for upload_id, (_c, _k, name) in uploads.items()}
+    acme, globex = requests["acme"], requests["globex"]
+    assert _config_ids(acme) == {
+        "products": [by_name["products.csv"]],
+        "sales": [by_name["sales, march 2025.csv"]],
     }
+    assert _config_ids(globex) == {"products": [by_name["catalogue.csv"]]}
+    assert acme.asset_selection == [dg.AssetKey("products"), dg.AssetKey("sales")]
+    assert globex.asset_selection == [dg.AssetKey("products")]
+    for company, request in requests.items():
+        assert request.job_name == "import_job"
+        assert request.tags["etl/company"] == company
+        assert request.run_key.startswith(f"{company}:")
+    assert (acme.tags["etl/uploads"], globex.tags["etl/uploads"]) == ("2", "1")
+    assert _adds(result) == {"companies": ["acme", "globex"]}
     assert list(paths.inbox.rglob("*.csv")) == []
+    assert {_journal(paths_engine(resources), u).attempts for u in uploads} == {1}
 
 
-def test_partitions_already_known_are_not_added_again(
+def paths_engine(resources: dict) -> Engine:
+    return resources["warehouse"].engine()
+
+
+def test_a_batch_is_in_drop_order_mtime_then_name(
+    instance: dg.DagsterInstance, resources: dict, paths: StoragePaths
+) -> None:
+    dropped = {}
+    for name, seed, mtime in [
+        ("a-newest.csv", 1, NEWER),
+        ("c-oldest.csv", 2, OLD),
+        ("b-oldest.csv", 3, OLD),
+    ]:
+        data = products_frame(3, seed=seed).to_csv(index=False).encode()
+        _drop(paths.inbox / "acme" / name, data, mtime=mtime)
+        dropped[name] = _upload_id("acme", data)
+
+    [request] = _tick(instance, resources).run_requests
+
+    assert _config_ids(request) == {
+        "products": [dropped["b-oldest.csv"], dropped["c-oldest.csv"], dropped["a-newest.csv"]]
+    }
+
+
+def test_a_company_with_a_live_import_run_waits_for_the_next_batch(
     instance: dg.DagsterInstance, resources: dict, uploads: dict
 ) -> None:
+    run = _live_run(instance, "acme")
+
+    held = _tick(instance, resources)
+    assert set(_by_company(held)) == {"globex"}
+    [queued] = _submit(instance, held)
+    assert {_journal(paths_engine(resources), u).attempts for u, v in uploads.items()} == {0, 1}
+
+    instance.report_run_failed(run, message="no worker took the step")
+    released = _tick(instance, resources, cursor=held.cursor)
+
+    assert set(_by_company(released)) == {"acme"}, "globex's queued run still holds it"
+    assert queued.status == dg.DagsterRunStatus.NOT_STARTED
+    offered = _config_ids(released.run_requests[0])
+    assert sorted(offered["products"] + offered["sales"]) == sorted(
+        u for u, v in uploads.items() if v[0] == "acme"
+    )
+
+
+def test_a_batch_whose_run_died_is_offered_again_then_given_up(
+    instance: dg.DagsterInstance, resources: dict, paths: StoragePaths
+) -> None:
+    data = products_frame(3, seed=4).to_csv(index=False).encode()
+    _drop(paths.inbox / "acme" / "products.csv", data, mtime=OLD)
+    upload_id = _upload_id("acme", data)
+    engine = paths_engine(resources)
+    keys = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        [request] = _tick(instance, resources).run_requests
+        keys.append(request.run_key)
+        record = _journal(engine, upload_id)
+        assert (record.status, record.attempts) == ("received", attempt)
+        # The run dies before its step: nothing touched the upload.
+        run = _live_run(instance, "acme")
+        instance.report_run_failed(run, message=f"worker lost, attempt {attempt}")
+
+    last = _tick(instance, resources)
+
+    assert len(set(keys)) == MAX_ATTEMPTS, "each offer needs a new run key"
+    assert last.run_requests == []
+    record = _journal(engine, upload_id)
+    assert record.status == "failed"
+    assert record.finished_at is not None
+    assert f"not imported after {MAX_ATTEMPTS} attempts" in (record.message or "")
+    assert f"worker lost, attempt {MAX_ATTEMPTS}" in (record.message or "")
+    assert f'upload_ids: ["{upload_id}"]' in (record.message or "")
+    assert _tick(instance, resources).run_requests == []
+
+
+def test_an_upload_left_processing_by_a_dead_run_is_offered_again(
+    instance: dg.DagsterInstance, resources: dict, paths: StoragePaths
+) -> None:
+    data = sales_frame(4, seed=5).to_csv(index=False).encode()
+    _drop(paths.inbox / "acme" / "sales.csv", data, mtime=OLD)
+    upload_id = _upload_id("acme", data)
     first = _tick(instance, resources)
-    for name, keys in _adds(first).items():
-        instance.add_dynamic_partitions(name, keys)
+    # The worker was killed mid-import: the row says `processing` under a run that is over.
+    run = _live_run(instance, "acme")
+    journal.mark_processing(paths_engine(resources), upload_id, run.run_id)
+    assert _tick(instance, resources).run_requests == []
+    instance.report_run_canceled(run, message="terminated by an operator")
 
-    second = _tick(instance, resources, cursor=first.cursor)
+    [again] = _tick(instance, resources).run_requests
 
-    assert _adds(second) == {}
-    assert sorted(r.run_key for r in second.run_requests) == sorted(uploads)
-    assert [(r.run_key, r.partition_key, r.job_name) for r in second.run_requests] == [
-        (r.run_key, r.partition_key, r.job_name) for r in first.run_requests
-    ]
-    assert second.cursor == first.cursor
+    assert _config_ids(again) == {"sales": [upload_id]}
+    assert again.run_key != first.run_requests[0].run_key
+    record = _journal(paths_engine(resources), upload_id)
+    assert (record.status, record.attempts) == ("received", 2)
+    assert f"import run {run.run_id} ended CANCELED" in (record.message or "")
+    assert "terminated by an operator" in (record.message or "")
 
 
-def test_only_unknown_partitions_are_requested(
-    instance: dg.DagsterInstance, resources: dict, uploads: dict
+@pytest.mark.parametrize(
+    ("max_uploads", "max_bytes", "first_batch"),
+    [
+        (2, 1024**3, 2),  # count bound
+        (50, 1, 1),  # byte bound: one upload always goes, even when larger than the bound
+        (50, 1024**3, 3),
+    ],
+)
+def test_a_backlog_is_split_into_bounded_batches(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    paths: StoragePaths,
+    max_uploads: int,
+    max_bytes: int,
+    first_batch: int,
 ) -> None:
-    known = sorted(u for u, v in uploads.items() if v[1] == "products")[0]
-    instance.add_dynamic_partitions("product_uploads", [known])
+    for seed in range(3):
+        data = products_frame(3, seed=seed).to_csv(index=False).encode()
+        _drop(paths.inbox / "acme" / f"products-{seed}.csv", data, mtime=OLD + seed)
+    bounded = {
+        **resources,
+        "import_settings": ImportSettingsResource(
+            settle_seconds=0, batch_max_uploads=max_uploads, batch_max_bytes=max_bytes
+        ),
+    }
 
-    result = _tick(instance, resources)
+    [request] = _tick(instance, bounded).run_requests
 
-    assert known not in _adds(result).get("product_uploads", [])
-    upload_adds = [keys for name, keys in _adds(result).items() if name != "companies"]
-    assert sum(len(keys) for keys in upload_adds) == len(uploads) - 1
-    assert known in {r.run_key for r in result.run_requests}
+    assert len(_config_ids(request)["products"]) == first_batch
+    assert request.tags["etl/uploads"] == str(first_batch)
 
 
 def test_cursor_is_the_newest_registered_mtime_not_the_clock(
@@ -151,8 +298,8 @@ def test_file_older_than_the_cursor_is_still_registered(
     result = _tick(instance, resources, cursor=cursor)
 
     upload_id = _upload_id("acme", data)
-    assert [r.run_key for r in result.run_requests] == [upload_id]
-    assert _adds(result) == {"product_uploads": [upload_id], "companies": ["acme"]}
+    assert [_config_ids(r) for r in result.run_requests] == [{"products": [upload_id]}]
+    assert _adds(result) == {"companies": ["acme"]}
     assert json.loads(result.cursor) == {"max_mtime": NEWER}
 
 
@@ -198,8 +345,9 @@ def test_rejected_and_duplicate_files_request_no_run(
     second = _tick(instance, resources, cursor=first.cursor)
 
     upload_id = _upload_id("acme", data)
-    assert [r.run_key for r in first.run_requests] == [upload_id]
-    assert [r.run_key for r in second.run_requests] == [upload_id]
+    assert [_config_ids(r) for r in first.run_requests] == [{"sales": [upload_id]}]
+    # Only the upload (not yet imported: no run took it) is offered again, never the copy.
+    assert [_config_ids(r) for r in second.run_requests] == [{"sales": [upload_id]}]
     assert list((paths.inbox / "acme").iterdir()) == []
     assert len(list(paths.rejected.glob("*__notes.txt"))) == 1
 
@@ -217,4 +365,4 @@ def test_companies_of_pending_uploads_are_added_once(
     assert _adds(first)["companies"] == ["globex"]
     assert "companies" not in _adds(second)
     assert sorted(instance.get_dynamic_partitions("companies")) == ["acme", "globex"]
-    assert len(second.run_requests) == len(uploads)
+    assert len(second.run_requests) == 2

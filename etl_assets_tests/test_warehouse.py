@@ -1,11 +1,15 @@
 """Warehouse engine behaviour that the import path relies on."""
 
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Column, MetaData, Table, func, inspect, select
 
+from etl_assets.services import journal
 from etl_assets.warehouse.schema import create_schema, lock_for_writing, make_engine, uploads
+
+NEW_COLUMNS = ("dropped_at", "size_bytes", "attempts", "days_touched")
 
 
 def test_sqlite_readers_are_not_blocked_by_a_writer(tmp_path: Path):
@@ -35,4 +39,44 @@ def test_sqlite_lock_for_writing_excludes_other_writers(tmp_path: Path):
     probe.execute("BEGIN IMMEDIATE")  # released at commit
     probe.execute("ROLLBACK")
     probe.close()
+    engine.dispose()
+
+
+def test_a_warehouse_created_before_the_batch_columns_gets_them(warehouse_url: str) -> None:
+    """Columns added to `uploads` later are added by the same idempotent setup, and rows
+    journalled before keep working (no attempts yet, imported in received order)."""
+    engine = make_engine(warehouse_url)
+    old = MetaData()
+    Table(
+        "uploads",
+        old,
+        *[
+            Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+            for c in uploads.columns
+            if c.name not in NEW_COLUMNS
+        ],
+    )
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            old.tables["uploads"]
+            .insert()
+            .values(
+                upload_id="acme.1",
+                company="acme",
+                original_name="p.csv",
+                kind="products",
+                status="received",
+                received_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+            )
+        )
+
+    create_schema(engine)
+    create_schema(engine)  # again, as every process does on start
+
+    columns = {c["name"] for c in inspect(engine).get_columns("uploads")}
+    assert set(NEW_COLUMNS) <= columns
+    with engine.connect() as conn:
+        [record] = journal.unfinished(conn, limit=10)
+    assert (record.upload_id, record.attempts, record.dropped_at) == ("acme.1", 0, None)
     engine.dispose()

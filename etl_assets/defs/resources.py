@@ -10,8 +10,9 @@ from redis import Redis
 from sqlalchemy import Engine
 
 from etl_assets.services.alerts import post_alert
+from etl_assets.services.batches import BatchLimits
 from etl_assets.services.companies import CompanyOptions, load_company_options
-from etl_assets.services.importer import ImportSettings
+from etl_assets.services.results import ImportSettings
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
 
@@ -61,6 +62,9 @@ class ImportSettingsResource(dg.ConfigurableResource):
     max_invalid_fraction: float = 0.05
     chunk_rows: int = 100_000
     timezone: str = "UTC"
+    # One import run takes at most this many uploads and bytes of one company (at least one).
+    batch_max_uploads: int = 50
+    batch_max_bytes: int = 1024**3
     # Directories the pull job may read from, os.pathsep-separated; empty disables pulling.
     pull_roots: str = ""
 
@@ -71,6 +75,10 @@ class ImportSettingsResource(dg.ConfigurableResource):
     def company_options(self) -> dict[str, CompanyOptions]:
         """Per-company parsing options (aliases, encoding, delimiter, ...)."""
         return load_company_options(self.companies_file)
+
+    def batch_limits(self) -> BatchLimits:
+        """How much one import run takes."""
+        return BatchLimits(max_uploads=self.batch_max_uploads, max_bytes=self.batch_max_bytes)
 
     def import_settings(self) -> ImportSettings:
         """Limits passed to the import service."""

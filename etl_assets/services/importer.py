@@ -1,4 +1,5 @@
-"""Import one landed upload: parse in chunks, validate, stage, merge, journal — all or nothing."""
+"""Import landed uploads: one at a time, each parsed in chunks, validated, staged, merged and
+journalled all or nothing; a batch is a company's uploads of one kind, in drop order."""
 
 import csv
 import logging
@@ -6,88 +7,28 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions
+from etl_assets.services.batches import DONE, resolve_uploads
+from etl_assets.services.companies import CompanyOptions, options_for
 from etl_assets.services.contract import KINDS, Kind
 from etl_assets.services.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.registration import landing_path
+from etl_assets.services.results import (
+    SAMPLE_SIZE,
+    BatchEntry,
+    BatchResult,
+    ImportResult,
+    ImportSettings,
+    RowError,
+)
+from etl_assets.services.storage import StoragePaths
 from etl_assets.services.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
-from etl_assets.warehouse.loading import loader_for
-
-SAMPLE_SIZE = 10
-
-
-@dataclass(frozen=True)
-class ImportSettings:
-    """Limits of an import."""
-
-    max_invalid_fraction: float = 0.05
-    chunk_rows: int = 100_000
-    # Calendar days (of daily aggregates) are counted in this timezone.
-    timezone: str = "UTC"
-
-
-@dataclass(frozen=True)
-class RowError:
-    """One problem in one cell."""
-
-    row: int
-    column: str
-    value: str
-    reason: str
-
-
-@dataclass
-class ImportResult:
-    """What an import did; `status` is `completed` or `rejected`."""
-
-    upload_id: str
-    company: str
-    kind: Kind
-    status: str = "completed"
-    rows_read: int = 0
-    rows_imported: int = 0
-    rows_updated: int = 0
-    rows_rejected: int = 0
-    orphan_skus: int = 0
-    orphan_sample: list[str] = field(default_factory=list)
-    days_touched: list[str] = field(default_factory=list)
-    extra_columns: list[str] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    reject_sample: list[RowError] = field(default_factory=list)
-    rejects_path: str | None = None
-    encoding: str | None = None
-    delimiter: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def rows_unchanged(self) -> int:
-        if self.status != "completed":
-            return 0
-        return self.rows_read - self.rows_rejected - self.rows_imported - self.rows_updated
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows_read / self.seconds if self.seconds else 0.0
-
-    @property
-    def message(self) -> str:
-        return "; ".join(self.messages)
-
-    def outcome(self) -> journal.Outcome:
-        return journal.Outcome(
-            status="completed" if self.status == "completed" else "rejected",
-            rows_read=self.rows_read,
-            rows_imported=self.rows_imported,
-            rows_updated=self.rows_updated,
-            rows_rejected=self.rows_rejected,
-            message=self.message,
-        )
+from etl_assets.warehouse.loading import company_rows, loader_for, orphan_skus
 
 
 class _TooManyInvalid(Exception):
@@ -147,6 +88,64 @@ def _local_days(staged: pd.DataFrame, timezone: str) -> set[pd.Timestamp]:
     return set(sold_at.dt.tz_convert(timezone).dt.normalize().unique())
 
 
+def import_batch(
+    engine: Engine,
+    paths: StoragePaths,
+    *,
+    company: str,
+    kind: Kind,
+    upload_ids: list[str] | None,
+    company_options: dict[str, CompanyOptions],
+    settings: ImportSettings,
+    run_id: str,
+    log: logging.Logger,
+) -> BatchResult:
+    """Import a company's uploads of one kind one after another, each in its own transaction.
+
+    `upload_ids` None means every `received` upload (see `resolve_uploads`). A rejected upload
+    does not stop the batch; an error that is not about the data (`import_upload` re-raises it)
+    does, and the step's retry skips what this run already finished. `BatchError` when the ids
+    asked for cannot be imported.
+    """
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        uploads = resolve_uploads(conn, company, kind, upload_ids, run_id)
+    batch = BatchResult(company=company, kind=kind)
+    log.info(f"batch: {len(uploads)} {kind} upload(s) of {company}")
+    options = options_for(company_options, company)
+    for number, upload in enumerate(uploads, start=1):
+        if upload.run_id == run_id and upload.status in DONE:
+            log.info(f"[{number}/{len(uploads)}] {upload.upload_id}: {upload.status} earlier")
+            batch.entries.append(BatchEntry.recorded(upload))
+            continue
+        log.info(f"[{number}/{len(uploads)}] {upload.upload_id}: {upload.original_name}")
+        result = import_upload(
+            engine,
+            landing_path(paths, upload),
+            upload_id=upload.upload_id,
+            company=company,
+            kind=kind,
+            options=options,
+            rejects_path=paths.rejects_file(company, upload.upload_id),
+            settings=settings,
+            run_id=run_id,
+            log=log,
+        )
+        batch.entries.append(BatchEntry.imported(upload.original_name, result))
+    with engine.connect() as conn:
+        batch.table_rows = company_rows(conn, kind, company)
+        if kind == "sales":
+            ids = [e.upload_id for e in batch.entries if e.status == "completed"]
+            batch.orphan_skus, batch.orphan_sample = orphan_skus(conn, company, ids, SAMPLE_SIZE)
+    batch.seconds = time.perf_counter() - started
+    log.info(
+        f"batch: {len(batch.with_status('completed'))} completed, "
+        f"{len(batch.with_status('rejected'))} rejected, {batch.total('rows_read'):,} rows read "
+        f"in {batch.seconds:.1f}s; {company} has {batch.table_rows:,} {kind} rows"
+    )
+    return batch
+
+
 def import_upload(
     engine: Engine,
     path: Path,
@@ -164,7 +163,8 @@ def import_upload(
 
     Bad input is not an exception: the result says `rejected` and why. Anything else (the
     warehouse is down, a bug) marks the journal row `failed` and re-raises, so the step fails
-    and can be retried; nothing is written in either case.
+    and can be retried; an interruption puts it back to `received`. Nothing is written in
+    either case.
     """
     journal.mark_processing(engine, upload_id, run_id)
     result = ImportResult(upload_id=upload_id, company=company, kind=kind)
@@ -194,6 +194,14 @@ def import_upload(
     except Exception as exc:
         rejects.discard()
         journal.mark_failed(engine, upload_id, f"{type(exc).__name__}: {exc}")
+        raise
+    except BaseException as exc:
+        # Stopped from outside (Dagster's run termination raises a BaseException): nothing was
+        # written, so the upload goes back to `received` for the upload sensor to offer again.
+        rejects.discard()
+        journal.mark_interrupted(
+            engine, upload_id, f"interrupted ({type(exc).__name__}); will be offered again"
+        )
         raise
     result.reject_sample = rejects.sample
     log.info(

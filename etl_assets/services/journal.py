@@ -1,15 +1,23 @@
 """The import journal: one `uploads` row per file the sensor saw, and what became of it."""
 
 import datetime as dt
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_assets.warehouse.schema import uploads
 
 Status = Literal["received", "processing", "completed", "rejected", "failed", "duplicate"]
+UNFINISHED: tuple[Status, ...] = ("received", "processing")
+# A company's uploads are imported in the order they were dropped: file mtime, then name.
+DROP_ORDER = (
+    func.coalesce(uploads.c.dropped_at, uploads.c.received_at),
+    uploads.c.original_name,
+    uploads.c.upload_id,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class UploadRecord:
     source: str | None
     status: Status
     received_at: dt.datetime
+    dropped_at: dt.datetime | None = None
+    size_bytes: int | None = None
+    attempts: int = 0
     rows_read: int | None = None
     rows_imported: int | None = None
     rows_updated: int | None = None
@@ -32,6 +43,8 @@ class UploadRecord:
     finished_at: dt.datetime | None = None
     run_id: str | None = None
     message: str | None = None
+    # JSON list of the ISO days whose aggregates the import changed (sales only).
+    days_touched: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,7 @@ class Outcome:
     rows_updated: int
     rows_rejected: int
     message: str
+    days_touched: list[str] = field(default_factory=list)
 
 
 def now_utc() -> dt.datetime:
@@ -67,15 +81,41 @@ def get(conn: Connection, upload_id: str) -> UploadRecord | None:
     return UploadRecord(**row) if row else None
 
 
-def with_status(conn: Connection, status: Status, limit: int) -> list[UploadRecord]:
-    """Oldest journal rows in a status, at most `limit`."""
+def get_many(conn: Connection, upload_ids: list[str]) -> dict[str, UploadRecord]:
+    """The journal rows of these uploads that exist, by id."""
+    rows = conn.execute(select(uploads).where(uploads.c.upload_id.in_(upload_ids))).mappings()
+    return {row["upload_id"]: UploadRecord(**row) for row in rows}
+
+
+def unfinished(conn: Connection, limit: int) -> list[UploadRecord]:
+    """Uploads not imported yet (`received`) or whose import has not ended (`processing`).
+
+    Ordered by company, then drop order, and at most `limit` of them.
+    """
     rows = conn.execute(
         select(uploads)
-        .where(uploads.c.status == status)
-        .order_by(uploads.c.received_at)
+        .where(uploads.c.status.in_(UNFINISHED))
+        .order_by(uploads.c.company, *DROP_ORDER)
         .limit(limit)
     ).mappings()
     return [UploadRecord(**row) for row in rows]
+
+
+def batch_candidates(conn: Connection, company: str, kind: str, run_id: str) -> list[UploadRecord]:
+    """A company's `received` uploads of one kind, and those this run already started, in
+    drop order."""
+    rows = conn.execute(
+        select(uploads)
+        .where(uploads.c.company == company, uploads.c.kind == kind)
+        .where(or_(uploads.c.status == "received", uploads.c.run_id == run_id))
+        .order_by(*DROP_ORDER)
+    ).mappings()
+    return [UploadRecord(**row) for row in rows]
+
+
+def drop_key(record: UploadRecord) -> tuple[dt.datetime, str, str]:
+    """`DROP_ORDER` for records in memory."""
+    return (record.dropped_at or record.received_at, record.original_name, record.upload_id)
 
 
 def count_duplicates(conn: Connection, original: UploadRecord) -> int:
@@ -100,6 +140,34 @@ def mark_processing(engine: Engine, upload_id: str, run_id: str | None) -> None:
         raise LookupError(f"upload {upload_id!r} is not in the journal")
 
 
+def mark_offered(conn: Connection, upload_id: str, message: str) -> None:
+    """The upload sensor handed the upload to an import run: one more attempt."""
+    conn.execute(
+        uploads.update()
+        .where(uploads.c.upload_id == upload_id)
+        .values(status="received", attempts=uploads.c.attempts + 1, message=message)
+    )
+
+
+def mark_interrupted(engine: Engine, upload_id: str, message: str) -> None:
+    """An import attempt was stopped from outside (run terminated): offer the upload again."""
+    with engine.begin() as conn:
+        conn.execute(
+            uploads.update()
+            .where(uploads.c.upload_id == upload_id)
+            .values(status="received", message=message[:2000], finished_at=None)
+        )
+
+
+def give_up(conn: Connection, upload_id: str, message: str) -> None:
+    """No import run finished the upload in its attempts: `failed`, with why and what to do."""
+    conn.execute(
+        uploads.update()
+        .where(uploads.c.upload_id == upload_id, uploads.c.status.in_(UNFINISHED))
+        .values(status="failed", message=message[:2000], finished_at=now_utc())
+    )
+
+
 def finish(conn: Connection, upload_id: str, outcome: Outcome) -> None:
     """Record how an import attempt ended."""
     conn.execute(
@@ -112,6 +180,7 @@ def finish(conn: Connection, upload_id: str, outcome: Outcome) -> None:
             rows_updated=outcome.rows_updated,
             rows_rejected=outcome.rows_rejected,
             message=outcome.message,
+            days_touched=json.dumps(outcome.days_touched) if outcome.days_touched else None,
             finished_at=now_utc(),
         )
     )

@@ -1,9 +1,13 @@
 """Registering inbox files: check the path, hash, land the bytes, journal what happened.
 
 Order matters for crash safety. An accepted file is journalled (`received`) before it is moved
-into the landing store, and every `received` row is offered for import on every scan, so a
-crash anywhere between hashing and the run request is repaired by the next scan. Rejected
-files are moved, never deleted, with a reason file next to them.
+into the landing store, and the upload sensor offers every `received` row for import until a
+run takes it, so a crash anywhere between hashing and the run request is repaired by the next
+scan. Rejected files are moved, never deleted, with a reason file next to them.
+
+The header is read (to tell the kind) with `reading`, which needs pandas and openpyxl; it is
+imported when a file is registered, not when the code location loads, so run processes that
+never register a file do not pay for it.
 """
 
 import datetime as dt
@@ -21,27 +25,11 @@ from sqlalchemy import Engine
 
 from etl_assets.services import journal
 from etl_assets.services.companies import CompanyOptions, options_for
-from etl_assets.services.contract import (
-    COMPANY_SLUG,
-    Kind,
-    is_ignored_name,
-    upload_suffix,
-)
-from etl_assets.services.reading import StructuralError, read_header
+from etl_assets.services.contract import COMPANY_SLUG, is_ignored_name, upload_suffix
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing
 
 HASH_BLOCK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class PendingImport:
-    """A landed upload waiting for (or being re-offered for) its import run."""
-
-    upload_id: str
-    company: str
-    kind: Kind
-    landing_path: Path
 
 
 @dataclass
@@ -89,21 +77,6 @@ def scan_inbox(
             except OSError as again:
                 scan.errors.append(f"{path}: {again}")
     return scan
-
-
-def pending_imports(engine: Engine, paths: StoragePaths, limit: int = 500) -> list[PendingImport]:
-    """Every `received` upload: new ones and those whose run request was lost in a crash."""
-    with engine.connect() as conn:
-        rows = journal.with_status(conn, "received", limit)
-    return [
-        PendingImport(
-            upload_id=row.upload_id,
-            company=row.company or "",
-            kind=row.kind,  # type: ignore[arg-type]
-            landing_path=landing_path(paths, row),
-        )
-        for row in rows
-    ]
 
 
 def landing_path(paths: StoragePaths, row: journal.UploadRecord) -> Path:
@@ -183,6 +156,8 @@ def _register(
         scan.duplicates.append(_duplicate(engine, paths, path, sha256, existing, before))
         return
     if existing is None:
+        from etl_assets.services.reading import StructuralError, read_header
+
         try:
             header = read_header(path, options_for(company_options, company))
         except StructuralError as exc:
@@ -207,6 +182,8 @@ def _register(
                     source=_source(paths.inbox, path, before),
                     status="received",
                     received_at=journal.now_utc(),
+                    dropped_at=dt.datetime.fromtimestamp(before.st_mtime, dt.UTC),
+                    size_bytes=before.st_size,
                     message=f"registered {path.name}",
                 ),
             )

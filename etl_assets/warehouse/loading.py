@@ -35,7 +35,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_assets.services.contract import KindSpec
-from etl_assets.warehouse.schema import MONEY, TABLES, TIMESTAMP, lock_for_writing, products
+from etl_assets.warehouse.schema import (
+    MONEY,
+    TABLES,
+    TIMESTAMP,
+    lock_for_writing,
+    products,
+    sales,
+)
 
 _STAGING_TYPES = {"text": Text, "decimal": MONEY, "integer": BigInteger, "timestamp": TIMESTAMP}
 _CSV_SPECIAL = (",", '"', "\n", "\r")
@@ -341,3 +348,29 @@ def loader_for(conn: Connection, spec: KindSpec) -> StagingLoader:
     if conn.dialect.name == "sqlite":
         return SqliteLoader(conn, spec)
     raise ValueError(f"unsupported warehouse dialect {conn.dialect.name!r}")
+
+
+def company_rows(conn: Connection, kind: str, company: str) -> int:
+    """How many rows a company has in the `products` or `sales` table."""
+    table = TABLES[kind]
+    query = select(func.count()).select_from(table).where(table.c.company == company)
+    return int(conn.execute(query).scalar_one())
+
+
+def orphan_skus(
+    conn: Connection, company: str, upload_ids: list[str], limit: int
+) -> tuple[int, list[str]]:
+    """Distinct SKUs of sales last written by these uploads that the company's products lack."""
+    if not upload_ids:
+        return 0, []
+    missing = (
+        select(sales.c.sku)
+        .where(sales.c.company == company, sales.c.upload_id.in_(upload_ids))
+        .where(~exists().where(products.c.company == company, products.c.sku == sales.c.sku))
+        .distinct()
+        .subquery()
+    )
+    sample = conn.execute(
+        select(missing.c.sku, func.count().over()).order_by(missing.c.sku).limit(limit)
+    ).all()
+    return (int(sample[0][1]) if sample else 0), [sku for sku, _ in sample]

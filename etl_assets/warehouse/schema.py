@@ -21,7 +21,9 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    inspect,
 )
+from sqlalchemy.exc import DBAPIError
 
 metadata = MetaData()
 
@@ -95,10 +97,16 @@ uploads = Table(
     Column("rows_updated", Integer),
     Column("rows_rejected", Integer),
     Column("received_at", TIMESTAMP, nullable=False),
+    # The file's mtime in the inbox: a company's uploads are imported in this order (then name).
+    Column("dropped_at", TIMESTAMP),
+    Column("size_bytes", BigInteger),
+    # How often the upload sensor offered the upload to an import run (bounded, see batches).
+    Column("attempts", Integer, nullable=False, server_default="0"),
     Column("started_at", TIMESTAMP),
     Column("finished_at", TIMESTAMP),
     Column("run_id", String(64)),
     Column("message", Text),
+    Column("days_touched", Text),
 )
 
 # Long format, so a new metric needs no migration: `dimension` is '' for plain figures, the
@@ -177,5 +185,35 @@ def lock_for_writing(conn: Connection) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables; safe to call on every start and from many processes."""
+    """Create missing tables and columns; safe to call on every start and from many processes."""
     metadata.create_all(engine, checkfirst=True)
+    _add_missing_columns(engine)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add columns introduced after a warehouse was created (nullable or with a default).
+
+    DDL takes no bound parameters; every name and type here comes from `metadata`, never from
+    input. Two processes racing to add the same column: the loser sees it exists and moves on.
+    """
+    for table in metadata.sorted_tables:
+        existing = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in existing:
+                continue
+            preparer = engine.dialect.identifier_preparer
+            ddl = (
+                f"ALTER TABLE {preparer.format_table(table)} "
+                f"ADD COLUMN {preparer.format_column(column)} "
+                f"{column.type.compile(engine.dialect)}"
+            )
+            if not column.nullable:
+                ddl += " NOT NULL"
+            if column.server_default is not None:
+                ddl += f" DEFAULT {column.server_default.arg}"
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except DBAPIError:
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise

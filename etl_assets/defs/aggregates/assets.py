@@ -66,8 +66,8 @@ def build_daily_sales(calendar: Calendar) -> dg.AssetsDefinition:
         partitions_def=calendar.daily(),
         # A backfill of any length is one run and one ranged statement, not a run per day.
         backfill_policy=dg.BackfillPolicy.single_run(),
-        # Lineage only: the asset reads the `sales` table, which every sales upload feeds.
-        deps=[dg.AssetDep("sales_uploads", partition_mapping=dg.AllPartitionMapping())],
+        # Lineage only: a day's figures read the `sales` table of every company.
+        deps=[dg.AssetDep("sales", partition_mapping=dg.AllPartitionMapping())],
         group_name="aggregates",
         kinds={"sql"},
         # On the definition, not on each event: a 365-day backfill writes 365 events.

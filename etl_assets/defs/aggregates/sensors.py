@@ -8,8 +8,8 @@ import dagster as dg
 from etl_assets.defs.aggregates.jobs import daily_sales_job
 from etl_assets.defs.calendar import Calendar
 
-SALES_UPLOADS = dg.AssetKey("sales_uploads")
-# Set by the `sales_uploads` asset: JSON list of "YYYY-MM-DD" days (calendar timezone).
+SALES = dg.AssetKey("sales")
+# Set by the `sales` asset: JSON list of "YYYY-MM-DD" days (calendar timezone).
 DAYS_TOUCHED = "days_touched"
 BATCH = 1000
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -53,7 +53,7 @@ def range_run_request(cursor: str, first: dt.date, last: dt.date) -> dg.RunReque
 
 
 def build_daily_sales_refresh_sensor(calendar: Calendar) -> dg.SensorDefinition:
-    """The sensor that refreshes the days each new `sales_uploads` materialisation touched."""
+    """The sensor that refreshes the days each new `sales` materialisation touched."""
     partitions = calendar.daily()
 
     @dg.sensor(
@@ -66,7 +66,7 @@ def build_daily_sales_refresh_sensor(calendar: Calendar) -> dg.SensorDefinition:
     def daily_sales_refresh_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         """One run per contiguous range of days touched by the imports since the cursor."""
         batch = context.instance.fetch_materializations(
-            SALES_UPLOADS, limit=BATCH, cursor=context.cursor, ascending=True
+            SALES, limit=BATCH, cursor=context.cursor, ascending=True
         )
         if not batch.records:
             return dg.SensorResult(skip_reason="no new sales imports", cursor=context.cursor)
@@ -79,7 +79,7 @@ def build_daily_sales_refresh_sensor(calendar: Calendar) -> dg.SensorDefinition:
                 days |= touched_days(materialization.metadata)
             except ValueError as exc:
                 # Skipped, not retried: the same event would fail every tick and stall the sensor.
-                context.log.warning(f"sales_uploads {materialization.partition}: {exc}")
+                context.log.warning(f"sales {materialization.partition}: {exc}")
         # Partitions exist from the calendar's start up to the last complete day; today's data is
         # picked up by the schedule once the day is over.
         first = dt.date.fromisoformat(partitions.get_first_partition_key())

@@ -1,21 +1,23 @@
-"""Import assets, one per upload kind, partitioned by upload."""
+"""The warehouse tables `products` and `sales`, partitioned by company: each materialisation
+imports a batch of the company's uploads."""
 
 import dagster as dg
 
 from etl_assets.defs.execution import IMPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.checks import check_results, check_specs
-from etl_assets.defs.imports.partitions import product_upload_partitions, sales_upload_partitions
+from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
-from etl_assets.services import journal
-from etl_assets.services.companies import options_for
+from etl_assets.services.batches import BatchError
 from etl_assets.services.contract import KINDS, Kind
-from etl_assets.services.importer import ImportResult, import_upload
-from etl_assets.services.registration import landing_path
+from etl_assets.services.results import SAMPLE_SIZE, BatchResult
 
 # Warehouse and file I/O can fail transiently; bad data never raises, so it is never retried.
 IO_RETRY = dg.RetryPolicy(
     max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
+# A batch is at most ETL_IMPORT_BATCH_MAX_UPLOADS files and ETL_IMPORT_BATCH_MAX_BYTES bytes.
+IMPORT_MAX_RUNTIME_SECONDS = 3600
+PREVIEW_LENGTH = 80
 
 _TYPES = {
     "text": "text",
@@ -23,6 +25,13 @@ _TYPES = {
     "integer": "bigint",
     "timestamp": "timestamptz",
 }
+
+
+class ImportConfig(dg.Config):
+    """Which uploads to import. Left out: every `received` upload of the company (what the
+    upload sensor and a plain "Materialize" do); given: exactly these, whatever their status."""
+
+    upload_ids: list[str] | None = None
 
 
 def _column_schema(kind: Kind) -> dg.TableSchema:
@@ -37,122 +46,141 @@ def _column_schema(kind: Kind) -> dg.TableSchema:
     )
 
 
-def _metadata(result: ImportResult, original_name: str) -> dict[str, object]:
-    accepted = result.rows_read - result.rows_rejected if result.status == "completed" else 0
+def _cell(text: str) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+def _batch_table(batch: BatchResult) -> dg.MetadataValue:
+    lines = [
+        "| file | status | read | imported | updated | rejected | message |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {_cell(e.original_name)} | {e.status} | {e.rows_read} | {e.rows_imported} "
+        f"| {e.rows_updated} | {e.rows_rejected} | {_cell(e.message)} |"
+        for e in batch.entries
+    ]
+    return dg.MetadataValue.md("\n".join(lines) if batch.entries else "nothing to import")
+
+
+def _rejects_preview(batch: BatchResult) -> dg.MetadataValue:
+    lines = ["| file | row | column | value | reason |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {_cell(entry.original_name)} | {error.row} | {_cell(error.column)} "
+        f"| {_cell(error.value[:40])} | {_cell(error.reason)} |"
+        for entry in batch.entries
+        for error in entry.reject_sample
+    ][:SAMPLE_SIZE]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def _metadata(batch: BatchResult) -> dict[str, object]:
     metadata: dict[str, object] = {
-        "dagster/row_count": accepted,
-        "dagster/column_schema": _column_schema(result.kind),
-        "status": result.status,
-        "company": result.company,
-        "file": original_name,
-        "rows_read": result.rows_read,
-        "rows_imported": result.rows_imported,
-        "rows_updated": result.rows_updated,
-        "rows_unchanged": result.rows_unchanged,
-        "rows_rejected": result.rows_rejected,
-        "seconds": round(result.seconds, 3),
-        "rows_per_second": round(result.rows_per_second),
-        "message": result.message,
-        "encoding": result.encoding or "xlsx",
+        "dagster/row_count": batch.table_rows,
+        "dagster/column_schema": _column_schema(batch.kind),
+        "company": batch.company,
+        "uploads": len(batch.entries),
+        "uploads_completed": len(batch.with_status("completed")),
+        "uploads_rejected": len(batch.with_status("rejected")),
+        "rows_read": batch.total("rows_read"),
+        "rows_imported": batch.total("rows_imported"),
+        "rows_updated": batch.total("rows_updated"),
+        "rows_rejected": batch.total("rows_rejected"),
+        "seconds": round(batch.seconds, 3),
+        "batch": _batch_table(batch),
     }
-    if result.kind == "sales":
-        metadata["orphan_skus"] = result.orphan_skus
-        # Read by the daily_sales refresh sensor: the days whose aggregates this import changed.
-        metadata["days_touched"] = dg.MetadataValue.json(result.days_touched)
-    if result.rejects_path:
-        metadata["rejects_file"] = dg.MetadataValue.path(result.rejects_path)
-    if result.reject_sample:
-        lines = ["| row | column | value | reason |", "|---|---|---|---|"]
-        lines += [
-            f"| {e.row} | {e.column} | {e.value[:40]} | {e.reason} |" for e in result.reject_sample
-        ]
-        metadata["rejected_rows_preview"] = dg.MetadataValue.md("\n".join(lines))
+    if any(entry.reject_sample for entry in batch.entries):
+        metadata["rejected_rows_preview"] = _rejects_preview(batch)
+    rejects = [entry.rejects_path for entry in batch.entries if entry.rejects_path]
+    if rejects:
+        metadata["rejects_files"] = dg.MetadataValue.md("\n".join(f"- `{p}`" for p in rejects))
+    if batch.kind == "sales":
+        metadata["orphan_skus"] = batch.orphan_skus
+        # Read by the daily_sales refresh sensor: the days whose aggregates this batch changed.
+        metadata["days_touched"] = dg.MetadataValue.json(batch.days_touched)
     return metadata
 
 
 def _import(
     context: dg.AssetExecutionContext,
     kind: Kind,
+    config: ImportConfig,
     warehouse: WarehouseResource,
     storage: StorageResource,
     import_settings: ImportSettingsResource,
 ) -> dg.MaterializeResult:
-    engine, paths = warehouse.engine(), storage.paths()
-    upload_id = context.partition_key
-    with engine.connect() as conn:
-        record = journal.get(conn, upload_id)
-    if record is None or record.company is None:
-        # Not transient: retrying cannot make an unregistered upload appear.
-        raise dg.Failure(
-            f"upload {upload_id!r} is not in the journal; was it registered?", allow_retries=False
+    # Imported here, not at the top: pandas, pandera and openpyxl load in the import step only,
+    # not in every run process that loads the code location.
+    from etl_assets.services.importer import import_batch
+
+    try:
+        batch = import_batch(
+            warehouse.engine(),
+            storage.paths(),
+            company=context.partition_key,
+            kind=kind,
+            upload_ids=config.upload_ids,
+            company_options=import_settings.company_options(),
+            settings=import_settings.import_settings(),
+            run_id=context.run.run_id,
+            log=context.log,
         )
-    result = import_upload(
-        engine,
-        landing_path(paths, record),
-        upload_id=upload_id,
-        company=record.company,
-        kind=kind,
-        options=options_for(import_settings.company_options(), record.company),
-        rejects_path=paths.rejects_file(record.company, upload_id),
-        settings=import_settings.import_settings(),
-        run_id=context.run.run_id,
-        log=context.log,
-    )
-    return dg.MaterializeResult(
-        metadata=_metadata(result, record.original_name),
-        check_results=check_results(context.asset_key.to_user_string(), result),
-    )
+    except BatchError as exc:
+        # Not transient: retrying cannot make another company's or an unknown upload importable.
+        raise dg.Failure(str(exc), allow_retries=False) from exc
+    return dg.MaterializeResult(metadata=_metadata(batch), check_results=check_results(kind, batch))
 
 
 @dg.asset(
-    partitions_def=product_upload_partitions,
+    partitions_def=companies,
     group_name="imports",
     kinds={"pandas", "sql"},
-    check_specs=check_specs("product_uploads", orphans=False),
+    check_specs=check_specs("products", orphans=False),
     retry_policy=IO_RETRY,
     op_tags=on_queue(IMPORTS_QUEUE),
 )
-def product_uploads(
+def products(
     context: dg.AssetExecutionContext,
+    config: ImportConfig,
     warehouse: WarehouseResource,
     storage: StorageResource,
     import_settings: ImportSettingsResource,
 ) -> dg.MaterializeResult:
-    """Validate one products upload and upsert it into the `products` table."""
-    return _import(context, "products", warehouse, storage, import_settings)
+    """The `products` table of one company: imports its products uploads in drop order."""
+    return _import(context, "products", config, warehouse, storage, import_settings)
 
 
 @dg.asset(
-    partitions_def=sales_upload_partitions,
+    partitions_def=companies,
     group_name="imports",
     kinds={"pandas", "sql"},
-    check_specs=check_specs("sales_uploads", orphans=True),
+    deps=[products],
+    check_specs=check_specs("sales", orphans=True),
     retry_policy=IO_RETRY,
     op_tags=on_queue(IMPORTS_QUEUE),
 )
-def sales_uploads(
+def sales(
     context: dg.AssetExecutionContext,
+    config: ImportConfig,
     warehouse: WarehouseResource,
     storage: StorageResource,
     import_settings: ImportSettingsResource,
 ) -> dg.MaterializeResult:
-    """Validate one sales upload and upsert it into the `sales` table."""
-    return _import(context, "sales", warehouse, storage, import_settings)
+    """The `sales` table of one company: imports its sales uploads in drop order, after its
+    products when a batch holds both."""
+    return _import(context, "sales", config, warehouse, storage, import_settings)
 
 
-products_import_job = dg.define_asset_job(
-    "products_import_job",
-    selection=[product_uploads],
-    description="Import one products upload (partition = upload id).",
-    tags=max_runtime(900),
+import_job = dg.define_asset_job(
+    "import_job",
+    selection=[products, sales],
+    description=(
+        "Import a company's uploads (partition = company): with no config every `received` "
+        "upload, with `upload_ids` exactly those."
+    ),
+    # The upload sensor re-offers what a dead import run left unfinished, counting attempts;
+    # the daemon's run retries (dagster.yaml) would import the same batch a second time.
+    tags={**max_runtime(IMPORT_MAX_RUNTIME_SECONDS), "dagster/max_retries": "0"},
 )
-sales_import_job = dg.define_asset_job(
-    "sales_import_job",
-    selection=[sales_uploads],
-    description="Import one sales upload (partition = upload id).",
-    tags=max_runtime(900),
-)
-IMPORT_JOB_NAMES: dict[Kind, str] = {
-    "products": products_import_job.name,
-    "sales": sales_import_job.name,
-}
+IMPORT_ASSETS = frozenset({products.key, sales.key})

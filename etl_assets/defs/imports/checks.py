@@ -1,8 +1,8 @@
-"""Asset checks reported by each import: validation summary and, for sales, orphan SKUs."""
+"""Asset checks reported by each import batch: validation summary and, for sales, orphan SKUs."""
 
 import dagster as dg
 
-from etl_assets.services.importer import ImportResult
+from etl_assets.services.results import BatchResult
 
 VALIDATION = "validation"
 ORPHAN_SKUS = "orphan_skus"
@@ -12,7 +12,9 @@ def check_specs(asset: str, *, orphans: bool) -> list[dg.AssetCheckSpec]:
     """The checks an import asset reports on every materialisation."""
     specs = [
         dg.AssetCheckSpec(
-            VALIDATION, asset=asset, description="Fails when any row of the upload was rejected."
+            VALIDATION,
+            asset=asset,
+            description="Fails when an upload of the batch was rejected or had rejected rows.",
         )
     ]
     if orphans:
@@ -20,38 +22,50 @@ def check_specs(asset: str, *, orphans: bool) -> list[dg.AssetCheckSpec]:
             dg.AssetCheckSpec(
                 ORPHAN_SKUS,
                 asset=asset,
-                description="Warns when sales reference SKUs the company's products lack.",
+                description="Warns when the batch's sales reference SKUs the company's products "
+                "lack.",
             )
         )
     return specs
 
 
-def check_results(asset: str, result: ImportResult) -> list[dg.AssetCheckResult]:
-    """Results for the specs above, from one import."""
+def _validation_summary(batch: BatchResult) -> str:
+    if not batch.entries:
+        return "no uploads in this batch"
+    flawed = [e for e in batch.entries if e.status != "completed" or e.rows_rejected]
+    if not flawed:
+        return f"all {len(batch.entries)} upload(s) valid"
+    return f"{len(flawed)} of {len(batch.entries)} upload(s) with rejections: " + "; ".join(
+        f"{e.original_name}: {e.status}, {e.rows_rejected} rows rejected" for e in flawed[:10]
+    )
+
+
+def check_results(asset: str, batch: BatchResult) -> list[dg.AssetCheckResult]:
+    """Results for the specs above, from one batch."""
     results = [
         dg.AssetCheckResult(
             check_name=VALIDATION,
             asset_key=asset,
-            passed=result.status == "completed" and result.rows_rejected == 0,
+            passed=batch.clean,
             severity=dg.AssetCheckSeverity.ERROR,
-            description=result.message,
+            description=_validation_summary(batch),
             metadata={
-                "status": result.status,
-                "rows_rejected": result.rows_rejected,
-                "rows_read": result.rows_read,
+                "uploads_rejected": len(batch.with_status("rejected")),
+                "rows_rejected": batch.total("rows_rejected"),
+                "rows_read": batch.total("rows_read"),
             },
         )
     ]
-    if result.kind == "sales":
+    if batch.kind == "sales":
         results.append(
             dg.AssetCheckResult(
                 check_name=ORPHAN_SKUS,
                 asset_key=asset,
-                passed=result.orphan_skus == 0,
+                passed=batch.orphan_skus == 0,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "orphan_skus": result.orphan_skus,
-                    "sample": ", ".join(result.orphan_sample) or "none",
+                    "orphan_skus": batch.orphan_skus,
+                    "sample": ", ".join(batch.orphan_sample) or "none",
                 },
             )
         )

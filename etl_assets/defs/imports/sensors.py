@@ -1,27 +1,100 @@
-"""The upload sensor: registers settled inbox files and requests one import run per upload."""
+"""The upload sensor: registers settled inbox files and requests one import run per company."""
 
 import json
 import time
 
 import dagster as dg
 
-from etl_assets.defs.imports.assets import IMPORT_JOB_NAMES, products_import_job, sales_import_job
-from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
+from etl_assets.defs.imports.assets import IMPORT_ASSETS, import_job
 from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
-from etl_assets.services.contract import Kind
-from etl_assets.services.registration import pending_imports, scan_inbox
+from etl_assets.services import journal
+from etl_assets.services.batches import MAX_ATTEMPTS, Batch, plan_batches
+from etl_assets.services.registration import scan_inbox
+
+COMPANY_TAG = "etl/company"
+UPLOADS_TAG = "etl/uploads"
+PARTITION_TAG = "dagster/partition"
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+RUN_ENDS = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+# Unfinished uploads read per tick; a larger backlog is taken over the following ticks.
+UNFINISHED_LIMIT = 5000
 
 
 def _max_mtime(cursor: str | None) -> float | None:
     return json.loads(cursor).get("max_mtime") if cursor else None
 
 
+def _busy_companies(instance: dg.DagsterInstance) -> set[str]:
+    """Companies a live run is importing: a sensor batch, a backfill or a UI materialisation."""
+    busy = set()
+    for run in instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT)):
+        imports = run.job_name == import_job.name or bool(
+            run.asset_selection and run.asset_selection & IMPORT_ASSETS
+        )
+        company = run.tags.get(PARTITION_TAG)
+        if imports and company:
+            busy.add(company)
+    return busy
+
+
+def _last_run(instance: dg.DagsterInstance, upload: journal.UploadRecord) -> str:
+    """What became of the run that last held an upload, for the journal."""
+    if upload.status == "processing" and upload.run_id:
+        run = instance.get_run_by_id(upload.run_id)
+    else:
+        runs = instance.get_runs(
+            dg.RunsFilter(job_name=import_job.name, tags={COMPANY_TAG: upload.company or ""}),
+            limit=1,
+        )
+        run = runs[0] if runs else None
+    if run is None:
+        return "its import run was not found"
+    ending = f"import run {run.run_id} ended {run.status.value} before finishing it"
+    ends = instance.all_logs(run.run_id, of_type=set(RUN_ENDS))
+    reason = ends[-1].dagster_event.message if ends and ends[-1].dagster_event else None
+    return f"{ending} ({reason})" if reason else ending
+
+
+def _offer_message(instance: dg.DagsterInstance, upload: journal.UploadRecord) -> str:
+    attempt = upload.attempts + 1
+    if upload.attempts == 0:
+        return f"offered for import (attempt 1 of {MAX_ATTEMPTS})"
+    return f"offered again (attempt {attempt} of {MAX_ATTEMPTS}): {_last_run(instance, upload)}"
+
+
+def _give_up_message(instance: dg.DagsterInstance, upload: journal.UploadRecord) -> str:
+    return (
+        f"not imported after {MAX_ATTEMPTS} attempts: {_last_run(instance, upload)}; re-import "
+        f"it by materialising {upload.kind} for {upload.company} with config upload_ids: "
+        f'["{upload.upload_id}"]'
+    )
+
+
+def _run_request(batch: Batch) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=batch.run_key,
+        job_name=import_job.name,
+        partition_key=batch.company,
+        asset_selection=[dg.AssetKey(kind) for kind in batch.kinds],
+        run_config={
+            "ops": {kind: {"config": {"upload_ids": batch.ids_of(kind)}} for kind in batch.kinds}
+        },
+        tags={COMPANY_TAG: batch.company, UPLOADS_TAG: str(len(batch.uploads))},
+    )
+
+
 @dg.sensor(
-    jobs=[products_import_job, sales_import_job],
+    jobs=[import_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=10,
-    description="Registers files dropped in the inbox and requests their import, once per content.",
+    description="Registers files dropped in the inbox and requests one import run per company.",
 )
 def upload_sensor(
     context: dg.SensorEvaluationContext,
@@ -29,13 +102,13 @@ def upload_sensor(
     storage: StorageResource,
     import_settings: ImportSettingsResource,
 ) -> dg.SensorResult:
-    """Scan the inbox, then offer every `received` upload for import.
+    """Scan the inbox, then request a batch import for each company no live run holds.
 
-    Run keys are upload ids (tenant + content hash), so an upload is imported once however often
-    it is offered; offering every `received` upload again repairs a crash between landing a file
-    and requesting its run. The cursor records the newest mtime registered, for observability:
-    files leave the inbox when registered, so nothing is filtered by it and a file copied in
-    with an old mtime is still picked up.
+    The batch is the company's unfinished uploads in drop order, up to the batch limits; files
+    arriving while it runs form the next one. An upload still unfinished once no run holds it
+    (its run failed, was terminated, lost its worker) is offered again under a new run key, up
+    to `MAX_ATTEMPTS`, then marked `failed`. The cursor records the newest mtime registered,
+    for observability only: files leave the inbox when registered.
     """
     engine, paths = warehouse.engine(), storage.paths()
     scan = scan_inbox(
@@ -45,18 +118,19 @@ def upload_sensor(
         settle_seconds=import_settings.settle_seconds,
         now=time.time(),
     )
-    pending = pending_imports(engine, paths)
-    new_keys: dict[Kind, list[str]] = {}
-    for upload in pending:
-        partitions = PARTITIONS_BY_KIND[upload.kind]
-        if not context.instance.has_dynamic_partition(partitions.name, upload.upload_id):
-            new_keys.setdefault(upload.kind, []).append(upload.upload_id)
-    # A company becomes a report partition with its first upload offered for import.
-    new_companies = sorted(
-        company
-        for company in {upload.company for upload in pending}
-        if not context.instance.has_dynamic_partition(companies.name, company)
-    )
+    # Live runs first, then the journal: a run that ends in between leaves its uploads finished.
+    busy = _busy_companies(context.instance)
+    with engine.connect() as conn:
+        unfinished = journal.unfinished(conn, UNFINISHED_LIMIT)
+    plan = plan_batches(unfinished, busy, import_settings.batch_limits())
+    with engine.begin() as conn:
+        for upload in plan.exhausted:
+            journal.give_up(conn, upload.upload_id, _give_up_message(context.instance, upload))
+        for batch in plan.batches:
+            for upload in batch.uploads:
+                journal.mark_offered(
+                    conn, upload.upload_id, _offer_message(context.instance, upload)
+                )
     if scan.registered or scan.rejected or scan.duplicates:
         context.log.info(
             f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
@@ -64,24 +138,21 @@ def upload_sensor(
         )
     for error in scan.errors:
         context.log.warning(f"left in the inbox, will retry: {error}")
+    for upload in plan.exhausted:
+        context.log.warning(f"gave up on {upload.upload_id} after {MAX_ATTEMPTS} attempts")
+    for batch in plan.batches:
+        context.log.info(f"batch for {batch.company}: {', '.join(batch.upload_ids)}")
+    # A company becomes a partition (of imports and reports) with its first batch.
+    new_companies = sorted(
+        batch.company
+        for batch in plan.batches
+        if not context.instance.has_dynamic_partition(companies.name, batch.company)
+    )
     seen = [m for m in (_max_mtime(context.cursor), scan.max_mtime) if m is not None]
     return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=upload.upload_id,
-                job_name=IMPORT_JOB_NAMES[upload.kind],
-                partition_key=upload.upload_id,
-                tags={
-                    "etl/company": upload.company,
-                    "etl/kind": upload.kind,
-                    "etl/upload_id": upload.upload_id,
-                },
-            )
-            for upload in pending
-        ],
-        dynamic_partitions_requests=[
-            PARTITIONS_BY_KIND[kind].build_add_request(keys) for kind, keys in new_keys.items()
-        ]
-        + ([companies.build_add_request(new_companies)] if new_companies else []),
+        run_requests=[_run_request(batch) for batch in plan.batches],
+        dynamic_partitions_requests=(
+            [companies.build_add_request(new_companies)] if new_companies else []
+        ),
         cursor=json.dumps({"max_mtime": max(seen)}) if seen else context.cursor,
     )

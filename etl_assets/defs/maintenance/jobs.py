@@ -8,7 +8,6 @@ import dagster as dg
 
 from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
-from etl_assets.defs.imports.partitions import PARTITIONS_BY_KIND
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services import journal
 from etl_assets.services.cleanup import CleanupPlan, apply_cleanup, plan_cleanup
@@ -46,20 +45,6 @@ def _plan_metadata(plan: CleanupPlan) -> dict[str, object]:
     }
 
 
-def _forget_partitions(
-    context: dg.OpExecutionContext, plan: CleanupPlan, deleted: list[str]
-) -> int:
-    """Drop the import partitions of deleted uploads: with no journal row they cannot run."""
-    names: dict[str | None, str] = {k: p.name for k, p in PARTITIONS_BY_KIND.items()}
-    forgotten = 0
-    for upload_id in deleted:
-        name = names.get(plan.uploads[upload_id])
-        if name and context.instance.has_dynamic_partition(name, upload_id):
-            context.instance.delete_dynamic_partition(name, upload_id)
-            forgotten += 1
-    return forgotten
-
-
 @dg.op(out=dg.Out(dg.Nothing), retry_policy=IO_RETRY, tags=on_queue(DEFAULT_QUEUE))
 def cleanup(
     context: dg.OpExecutionContext,
@@ -78,10 +63,9 @@ def cleanup(
     if result.dry_run:
         context.log.warning(DRY_RUN)
         return dg.Output(None, metadata={**metadata, "outcome": DRY_RUN})
-    forgotten = _forget_partitions(context, plan, result.uploads_deleted)
     outcome = (
         f"deleted {len(result.uploads_deleted)} journal rows and {result.files_deleted} files "
-        f"({result.bytes_freed:,} bytes); forgot {forgotten} import partitions"
+        f"({result.bytes_freed:,} bytes)"
     )
     context.log.info(outcome)
     if result.files_kept:

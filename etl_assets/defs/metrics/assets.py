@@ -78,7 +78,7 @@ def build_dashboard_metrics(calendar: Calendar) -> dg.AssetsDefinition:
     @dg.asset(
         group_name="metrics",
         kinds={"sql", "redis"},
-        deps=["product_uploads", "sales_uploads"],
+        deps=["products", "sales"],
         retry_policy=IO_RETRY,
         op_tags=on_queue(AGGREGATES_QUEUE),
     )

@@ -47,11 +47,9 @@ def build_monthly_sales_report(calendar: Calendar) -> dg.AssetsDefinition:
     @dg.asset(
         name=MONTHLY_SALES_REPORT.path[0],
         partitions_def=monthly_company_partitions(calendar),
-        # Lineage only: the report reads the `sales` and `products` tables the uploads feed.
-        deps=[
-            dg.AssetDep("sales_uploads", partition_mapping=dg.AllPartitionMapping()),
-            dg.AssetDep("product_uploads", partition_mapping=dg.AllPartitionMapping()),
-        ],
+        # Lineage only: a company's report reads that company's `sales` and `products` (Dagster
+        # maps the report's `company` dimension onto their partitions).
+        deps=["sales", "products"],
         group_name="reports",
         kinds={"sql", "pdf"},
         retry_policy=IO_RETRY,
