@@ -10,6 +10,7 @@ import sys
 import uuid
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from etl_assets.services.contract import COMPANY_SLUG, upload_suffix
 
@@ -42,31 +43,43 @@ def place_upload(source: Path, company: str, inbox: Path) -> Path:
     if not source.is_file():
         raise UploadError(f"{source}: not a regular file")
     try:
-        with open(source, "rb"):
-            pass
+        src = open(source, "rb")  # noqa: SIM115
     except OSError as exc:
         raise UploadError(f"{source}: cannot read: {exc.strerror}") from exc
+    with src:
+        return place_stream(src, source.name, company, inbox)
+
+
+def place_stream(src: BinaryIO, name: str, company: str, inbox: Path) -> Path:
+    """Copy the open file `src` to `<inbox>/<company>/` as `name`, the way `place_upload` does.
+
+    For a caller that opened and checked the file itself (the pull copies the descriptor it
+    checked); `company` must be a valid slug and `name` a plain file name.
+    """
     directory = inbox / company
-    partial = directory / f".{source.name}.{uuid.uuid4().hex}.part"
+    # Not named after the file: a name near the 255-byte limit would leave no room.
+    partial = directory / f".{uuid.uuid4().hex}.part"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src, open(partial, "wb") as dst:
+        with open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst, 1024 * 1024)
             dst.flush()
             os.fsync(dst.fileno())
-        return _publish(partial, directory, source.name)
+        return _publish(partial, directory, name)
     except OSError as exc:
-        raise UploadError(f"cannot place {source.name} in {directory}: {exc.strerror}") from exc
+        raise UploadError(f"cannot place {name} in {directory}: {exc.strerror}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             partial.unlink()
 
 
 def _publish(partial: Path, directory: Path, name: str) -> Path:
-    """Give the complete file its final name, never replacing a file already waiting there.
+    """Rename the complete file to the first of its names that is free.
 
-    `os.link` fails when the name exists, so a clash (an earlier upload of that name, or
-    another uploader at the same moment) moves on to the next name instead of overwriting.
+    A rename, not a second link, so the sensor never sees the file with two names (it rejects
+    hard links). A file already waiting under the name is never replaced; the check and the
+    rename are two steps, so only two uploaders of one name in the same instant could collide
+    (Python has no rename that refuses to replace).
     """
     suffix = upload_suffix(name) or ""
     stem = name[: len(name) - len(suffix)]
@@ -75,14 +88,9 @@ def _publish(partial: Path, directory: Path, name: str) -> Path:
         [name, f"{stem}-{stamp}{suffix}"],
         (f"{stem}-{stamp}-{n}{suffix}" for n in itertools.count(2)),
     )
-    for candidate in names:
-        target = directory / candidate
-        try:
-            os.link(partial, target)
-        except FileExistsError:
-            continue
-        return target
-    raise AssertionError("unreachable: the candidate names never run out")
+    target = next(directory / n for n in names if not os.path.lexists(directory / n))
+    os.rename(partial, target)
+    return target
 
 
 def _upload(args: argparse.Namespace) -> int:

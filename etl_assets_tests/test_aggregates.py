@@ -3,13 +3,14 @@
 import datetime as dt
 import itertools
 import logging
+import re
 import threading
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, event, func, select, text
 
 from etl_assets.defs.aggregates import build_aggregates
 from etl_assets.defs.aggregates.assets import build_daily_sales
@@ -29,6 +30,7 @@ from etl_assets.services.aggregates import (
     day_bounds,
     refresh_daily_sales,
 )
+from etl_assets.services.contract import QUANTITY_LIMIT
 from etl_assets.warehouse.schema import create_schema, daily_sales, make_engine, sales
 
 MADRID = "Europe/Madrid"
@@ -71,9 +73,9 @@ EXPECTED = {
 FIRST, LAST = D(2025, 1, 10), D(2025, 1, 12)
 
 
-def _load_sales(engine: Engine) -> None:
+def _load_sales(engine: Engine, rows: list[tuple] = SALES) -> None:
     now = dt.datetime.now(UTC)
-    rows = [
+    records = [
         {
             "company": company,
             "transaction_id": tid,
@@ -84,10 +86,10 @@ def _load_sales(engine: Engine) -> None:
             "upload_id": "test",
             "updated_at": now,
         }
-        for company, tid, sold_at, sku, quantity, price in SALES
+        for company, tid, sold_at, sku, quantity, price in rows
     ]
     with engine.begin() as conn:
-        conn.execute(sales.insert(), rows)
+        conn.execute(sales.insert(), records)
 
 
 def _insert_daily(engine: Engine, company: str, day: dt.date, revenue: str = "1.00") -> None:
@@ -282,6 +284,89 @@ def test_concurrent_overlapping_refreshes_queue_instead_of_failing(pg_url: str) 
         engine.dispose()
 
 
+# ------------------------------------------------------- extreme values, one company at a time
+
+PRICE_LIMIT = Decimal("9999999999.99")  # the contract's largest unit price
+# Sales imported before quantities were bounded: 10^19 units do not fit `units` (BIGINT), and
+# SQLite's SUM of integers raises "integer overflow".
+OVERFLOWING = [
+    ("huge", "H1", utc(10, 12), "SKU-H", 5 * 10**18, Decimal("1.00")),
+    ("huge", "H2", utc(10, 13), "SKU-H", 5 * 10**18, Decimal("1.00")),
+]
+OVERFLOW_ERROR = re.compile("integer overflow|bigint out of range")
+
+
+def test_a_thousand_units_at_the_largest_price_are_aggregated_exactly(loaded: Engine) -> None:
+    """9,999,999,999,990.00 needs 13 integer digits: more than decimal(14,2) held."""
+    _load_sales(loaded, [("huge", "H1", utc(10, 12), "SKU-H", 1000, PRICE_LIMIT)])
+
+    with loaded.begin() as conn:
+        result = refresh_daily_sales(conn, FIRST, LAST, MADRID)
+
+    assert result.failed == []
+    huge = (Decimal("9999999999990.00"), 1000, 1, 0, 1)
+    assert _daily(loaded) == {**EXPECTED, ("huge", FIRST): huge}
+
+
+def test_sales_at_the_quantity_limit_are_aggregated_exactly(loaded: Engine) -> None:
+    """Two lines of 5·10^18 (whole prices are integers in SQLite): their sum passes 2**63."""
+    price = Decimal("5000000000.00")
+    _load_sales(
+        loaded,
+        [
+            ("huge", "H1", utc(10, 12), "SKU-H", QUANTITY_LIMIT, price),
+            ("huge", "H2", utc(10, 13), "SKU-H", QUANTITY_LIMIT, price),
+        ],
+    )
+
+    with loaded.begin() as conn:
+        result = refresh_daily_sales(conn, FIRST, LAST, MADRID)
+
+    assert result.failed == []
+    huge = (Decimal("10000000000000000000.00"), 2 * QUANTITY_LIMIT, 2, 0, 1)
+    assert _daily(loaded) == {**EXPECTED, ("huge", FIRST): huge}
+
+
+def test_a_company_whose_figures_overflow_fails_alone(loaded: Engine) -> None:
+    """The other companies are refreshed; the failing one keeps its previous figures."""
+    _insert_daily(loaded, "huge", FIRST, "99.00")
+    _load_sales(loaded, OVERFLOWING)
+
+    with loaded.begin() as conn:
+        result = refresh_daily_sales(conn, FIRST, LAST, MADRID)
+
+    [failure] = result.failed
+    assert failure.company == "huge"
+    assert OVERFLOW_ERROR.search(failure.error)
+    assert _daily(loaded) == {**EXPECTED, ("huge", FIRST): (Decimal("99.00"), 1, 1, 0, 1)}
+    assert [c.company for c in result.written] == ["acme", "globex"]
+    assert (result.rows_deleted, result.rows_written) == (0, len(EXPECTED))
+    assert result.revenue == Decimal("60.17")
+
+
+def test_a_refresh_is_one_statement_and_after_a_failure_one_per_company(loaded: Engine) -> None:
+    """Never one per day: a year's backfill stays a ranged statement per company at worst."""
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("INSERT INTO daily_sales ("):
+            statements.append(statement)
+
+    event.listen(loaded, "before_cursor_execute", record)
+    try:
+        with loaded.begin() as conn:
+            refresh_daily_sales(conn, FIRST, LAST, MADRID)
+        healthy = len(statements)
+        _load_sales(loaded, OVERFLOWING)
+        with loaded.begin() as conn:
+            refresh_daily_sales(conn, FIRST, LAST, MADRID)
+    finally:
+        event.remove(loaded, "before_cursor_execute", record)
+
+    # The statement for all companies, then one each for acme, globex and huge.
+    assert (healthy, len(statements) - healthy) == (1, 1 + 3)
+
+
 # ---------------------------------------------------------------------------- the asset
 
 
@@ -346,6 +431,32 @@ def test_rematerialising_a_partition_is_idempotent(
     [m1], [m2] = first.get_asset_materialization_events(), second.get_asset_materialization_events()
     assert m1.materialization.metadata["rows_deleted"].value == 0
     assert m2.materialization.metadata["rows_deleted"].value == 2
+
+
+def test_asset_fails_naming_the_company_after_writing_the_others(
+    loaded: Engine, resources: dict, instance: dg.DagsterInstance
+) -> None:
+    _load_sales(loaded, OVERFLOWING)
+
+    result = dg.materialize(
+        [build_daily_sales(CALENDAR)],
+        resources=resources,
+        instance=instance,
+        partition_key="2025-01-10",
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    # Not retried: the same figures would overflow again.
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert not [e for e in result.all_events if e.is_step_up_for_retry]
+    data = failure.step_failure_data.user_failure_data
+    assert data.description == (
+        "daily_sales 2025-01-10..2025-01-10 not refreshed for 1 company "
+        "(the others were written): huge"
+    )
+    assert OVERFLOW_ERROR.search(data.metadata["huge"].value)
+    assert _daily(loaded) == {k: v for k, v in EXPECTED.items() if k[1] == FIRST}
 
 
 # ---------------------------------------------------------------------------- the sensor
@@ -550,6 +661,21 @@ def test_rebuild_with_force_recomputes_the_range(
     metadata = _output_metadata(result)
     assert (metadata["dry_run"], metadata["rows_deleted"]) == (False, 2)
     assert metadata["dagster/row_count"] == len(EXPECTED)
+
+
+def test_rebuild_fails_naming_the_company_after_writing_the_others(
+    loaded: Engine, warehouse_url: str, instance: dg.DagsterInstance
+) -> None:
+    _load_sales(loaded, OVERFLOWING)
+
+    result = _rebuild(instance, warehouse_url, start="2025-01-10", end="2025-01-12", force=True)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    data = failure.step_failure_data.user_failure_data
+    assert data.description.startswith("daily_sales 2025-01-10..2025-01-12 not refreshed for 1")
+    assert OVERFLOW_ERROR.search(data.metadata["huge"].value)
+    assert _daily(loaded) == EXPECTED
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance.jobs import DRY_RUN, cleanup_job
 from etl_assets.defs.maintenance.schedules import build_maintenance
 from etl_assets.samples import sales_frame, write_csv
-from etl_assets.services import journal
+from etl_assets.services import cleanup, journal
 from etl_assets.services.cleanup import REASON_SUFFIX, apply_cleanup, plan_cleanup
 from etl_assets.services.companies import options_for
 from etl_assets.services.importer import ImportSettings, import_upload
@@ -298,6 +298,68 @@ def test_an_upload_in_use_again_after_planning_is_kept(engine: Engine, paths: St
     assert landing.exists()
     assert rejects.exists()
     assert _journalled(engine) == {upload_id}
+
+
+def test_the_same_bytes_dropped_while_cleanup_deletes_keep_their_landing_file(
+    engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = b"sku,name,unit_price,stock_quantity\nA,a,1,1\n"
+    upload_id, landing, rejects = _upload(
+        engine, paths, data, status="completed", received_at=LONG_AGO, finished_at=LONG_AGO
+    )
+    plan = plan_cleanup(engine, paths, RETENTION, NOW)
+    original = cleanup._references
+    redrops: list[list[str]] = []
+
+    def references_then_redrop(conn, groups):
+        """Each time cleanup has looked up what refers to its files, the bytes come back."""
+        found = original(conn, groups)
+        _write(paths.inbox / "acme" / "again.csv", data)
+        scan = scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1)
+        redrops.append(scan.registered + scan.duplicates)
+        return found
+
+    monkeypatch.setattr(cleanup, "_references", references_then_redrop)
+    done = apply_cleanup(engine, plan, force=True)
+
+    assert plan.uploads == {upload_id: "products"}
+    assert done.uploads_deleted == [upload_id]
+    # The first re-drop is a new upload (its old row is gone); later ones are the same upload.
+    assert redrops[0] == [upload_id]
+    assert all(len(ids) == 1 and ids[0].startswith(upload_id) for ids in redrops)
+    assert landing.read_bytes() == data
+    assert rejects.exists()  # the new upload has the same id: its row refers to it too
+    assert str(landing) in done.files_kept
+    assert _record(engine, upload_id).status == "received"
+    assert list((paths.inbox / "acme").iterdir()) == []
+
+
+def test_files_set_aside_get_their_names_back_when_the_last_check_fails(
+    engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, landing, rejects = _upload(
+        engine, paths, b"old", status="completed", received_at=LONG_AGO, finished_at=LONG_AGO
+    )
+    plan = plan_cleanup(engine, paths, RETENTION, NOW)
+    original = cleanup._references
+    checks: list[list[bool]] = []
+
+    def lose_the_warehouse_on_the_last_check(conn, groups):
+        checks.append([all(not p.exists() for p in g.paths) for g in groups])
+        if len(checks) == 2:
+            raise ConnectionError("warehouse gone")
+        return original(conn, groups)
+
+    monkeypatch.setattr(cleanup, "_references", lose_the_warehouse_on_the_last_check)
+    with pytest.raises(ConnectionError, match="warehouse gone"):
+        apply_cleanup(engine, plan, force=True)
+
+    # The second check ran with both files set aside; after it failed they are back as they were.
+    assert checks == [[False, False], [True, True]]
+    assert landing.read_bytes() == b"old"
+    assert rejects.exists()
+    assert sorted(p.name for p in paths.landing.rglob("*") if p.is_file()) == [landing.name]
+    assert sorted(p.name for p in paths.rejects.rglob("*") if p.is_file()) == [rejects.name]
 
 
 def test_retention_must_be_at_least_a_day(engine: Engine, paths: StoragePaths) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from etl_assets import cli
 from etl_assets.cli import main
 from etl_assets.samples import products_frame, write_csv
 from etl_assets.services.registration import scan_inbox
@@ -195,3 +196,36 @@ def test_gzip_name_keeps_its_suffix_on_collision(tmp_path: Path) -> None:
     assert renamed.startswith("sales-")
     assert renamed.endswith(".csv.gz")
     assert (inbox / "acme" / renamed).read_bytes() == source.read_bytes()
+
+
+def test_a_scan_at_the_moment_the_upload_appears_registers_it(
+    source: Path, engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The complete file appears by a rename: one name, never a second link to the partial."""
+    original = cli._publish
+    scans = []
+
+    def publish_then_scan(*args: Path | str) -> Path:
+        target = original(*args)
+        scans.append(scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1))
+        return target
+
+    monkeypatch.setattr(cli, "_publish", publish_then_scan)
+
+    assert _upload(source, "acme", paths.inbox) == 0
+
+    [scan] = scans
+    assert (len(scan.registered), scan.rejected, scan.errors) == (1, [], [])
+    assert _inbox_names(paths.inbox) == ["acme"]
+
+
+def test_a_name_of_255_bytes_is_placed(source: Path, tmp_path: Path) -> None:
+    name = "\N{LATIN SMALL LETTER E WITH ACUTE}" * 100 + "x" * 51 + ".csv"
+    assert len(name.encode()) == 255
+    long_named = source.rename(source.with_name(name))
+    inbox = tmp_path / "inbox"
+
+    assert _upload(long_named, "acme", inbox) == 0
+
+    assert (inbox / "acme" / name).read_bytes() == long_named.read_bytes()
+    assert _inbox_names(inbox) == ["acme", f"acme/{name}"]

@@ -223,3 +223,29 @@ def test_loading_the_code_location_leaves_the_heavy_libraries_unimported() -> No
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert loaded.stdout.strip() == "[]"
+
+
+UPLOAD_LIMITS = {
+    "ETL_MAX_UPLOAD_BYTES": ("max_upload_bytes", 2 * 1024**3, 5_000_000),
+    "ETL_MAX_ROW_SIZE": ("max_row_size", 1024**2, 4096),
+    "ETL_MAX_SHEET_CELLS": ("max_sheet_cells", 10_000_000, 600),
+    "ETL_MAX_REJECTS_WRITTEN": ("max_rejects_written", 100_000, 25),
+}
+
+
+def test_upload_limits_have_defaults(clean_env: pytest.MonkeyPatch) -> None:
+    with dg.build_resources(build_resources()) as resolved:
+        settings = resolved.import_settings.import_settings()
+    assert {f: getattr(settings, f) for f, _, _ in UPLOAD_LIMITS.values()} == {
+        field: default for field, default, _ in UPLOAD_LIMITS.values()
+    }
+
+
+def test_upload_limits_follow_the_environment(clean_env: pytest.MonkeyPatch) -> None:
+    for name, (_, _, value) in UPLOAD_LIMITS.items():
+        clean_env.setenv(name, str(value))
+    with dg.build_resources(build_resources()) as resolved:
+        settings = resolved.import_settings.import_settings()
+    assert {f: getattr(settings, f) for f, _, _ in UPLOAD_LIMITS.values()} == {
+        field: value for field, _, value in UPLOAD_LIMITS.values()
+    }

@@ -174,6 +174,43 @@ def test_json_keeps_numbers_numbers_and_amounts_exact(loaded: Engine, tmp_path: 
     ]
 
 
+# Text a spreadsheet would run as a formula, as a customer's file may hold it.
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+def test_csv_neutralises_formulas_in_text_and_keeps_numbers(engine: Engine, tmp_path: Path) -> None:
+    rows = [
+        {**ACME["products"][0], "sku": f"F{n}", "name": text, "brand": text, "category": "-"}
+        for n, text in enumerate(FORMULAS)
+    ]
+    # Negative numbers in numeric columns, and a text that is a plain negative number.
+    rows.append(
+        {**ACME["products"][0], "sku": "-3", "unit_price": Decimal("-1.50"), "stock_quantity": -3}
+    )
+    # A carriage return inside a cell must be quoted, or it starts a row with `=1+1`.
+    rows.append({**ACME["products"][0], "sku": "CR", "name": "Anvil\r=1+1"})
+    with engine.begin() as conn:
+        conn.execute(products.insert(), rows)
+
+    exported = {
+        fmt: _parse(_export(engine, tmp_path, "acme", "products", fmt).path, fmt)
+        for fmt in ("csv", "json")
+    }
+    with engine.connect() as conn:
+        stored = {r.sku: r.name for r in conn.execute(products.select())}
+
+    csv_rows = {r["sku"]: r for r in exported["csv"]}
+    for n, text in enumerate(FORMULAS):
+        assert (csv_rows[f"F{n}"]["name"], csv_rows[f"F{n}"]["brand"]) == (f"'{text}", f"'{text}")
+        assert csv_rows[f"F{n}"]["category"] == "'-"
+        # Only the CSV is for spreadsheets: the warehouse and the JSON keep the value.
+        assert stored[f"F{n}"] == text
+        assert [r["name"] for r in exported["json"] if r["sku"] == f"F{n}"] == [text]
+    assert (csv_rows["-3"]["unit_price"], csv_rows["-3"]["stock_quantity"]) == ("-1.50", "-3")
+    assert csv_rows["CR"]["name"] == "Anvil\r=1+1"
+    assert len(exported["csv"]) == len(rows)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_never_contains_another_companys_rows(
     loaded: Engine, tmp_path: Path, fmt: str

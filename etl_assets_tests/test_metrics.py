@@ -1,32 +1,41 @@
 """Dashboard metrics: the service against hand computation on both dialects, the Redis cache
 against the local Redis, the asset materialised in process, and the schedule."""
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
 from redis import Redis
-from sqlalchemy import Engine, exc, select, text
+from sqlalchemy import Engine, select, text
 
 from etl_assets.definitions import build_resources, defs
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.metrics import build_metrics
 from etl_assets.defs.metrics.assets import CACHE_TTL_SECONDS
-from etl_assets.defs.resources import RedisResource
+from etl_assets.defs.resources import RedisResource, WarehouseResource
 from etl_assets.services.metrics import (
     NO_BRAND,
+    CompanyFailure,
     CompanyMetrics,
     cache_metrics,
     compute_metrics,
     store_metrics,
     window_days,
 )
-from etl_assets.warehouse.schema import dashboard_metrics, products, sales
+from etl_assets.warehouse.schema import (
+    create_schema,
+    dashboard_metrics,
+    make_engine,
+    products,
+    sales,
+)
 from etl_assets_tests import redis_server
 
 TZ = "America/New_York"  # DST starts 2025-03-09, inside the window
@@ -97,8 +106,9 @@ def _insert(engine: Engine, product_rows: list[tuple], sale_rows: list[tuple]) -
 
 def _compute(engine: Engine) -> dict[str, CompanyMetrics]:
     with engine.connect() as conn:
-        metrics = compute_metrics(conn, today=TODAY, timezone=TZ, computed_at=COMPUTED_AT)
-    return {m.company: m for m in metrics}
+        computed = compute_metrics(conn, today=TODAY, timezone=TZ, computed_at=COMPUTED_AT)
+    assert computed.failed == []
+    return {m.company: m for m in computed.metrics}
 
 
 @pytest.fixture
@@ -258,12 +268,11 @@ def _expected_rows(metrics: list[CompanyMetrics]) -> set[tuple[str, str, str, De
 
 def test_store_writes_long_format_rows(loaded: Engine) -> None:
     metrics = list(_compute(loaded).values())
-    with loaded.begin() as conn:
-        written = store_metrics(conn, metrics)
+    written = store_metrics(loaded, metrics)
 
     stored = _stored(loaded)
     assert stored == _expected_rows(metrics)
-    assert written == len(stored)
+    assert (written.rows, written.failed) == (len(stored), [])
     acme = {(metric, dim): value for c, metric, dim, value in stored if c == "acme"}
     assert acme[("products", "")] == 3
     assert acme[("stock_value", "")] == Decimal("149.00")
@@ -278,29 +287,94 @@ def test_store_writes_long_format_rows(loaded: Engine) -> None:
 
 def test_store_replaces_only_the_given_companies(loaded: Engine) -> None:
     first = _compute(loaded)
-    with loaded.begin() as conn:
-        store_metrics(conn, list(first.values()))
+    store_metrics(loaded, list(first.values()))
     with loaded.begin() as conn:
         conn.execute(products.delete().where(products.c.sku == "A3"))
     acme = _compute(loaded)["acme"]
-    with loaded.begin() as conn:
-        store_metrics(conn, [acme])
+    store_metrics(loaded, [acme])
 
     stored = _stored(loaded)
     assert stored == _expected_rows([acme, first["globex"], first["initech"]])
     assert ("acme", "products_by_category", "garden", Decimal(1)) not in stored
 
 
-def test_store_is_atomic(loaded: Engine) -> None:
-    metrics = list(_compute(loaded).values())
-    with loaded.begin() as conn:
-        store_metrics(conn, metrics)
+def _computed_at(engine: Engine) -> dict[str, set[dt.datetime]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(dashboard_metrics.c.company, dashboard_metrics.c.computed_at).distinct()
+        ).all()
+    stamps: dict[str, set[dt.datetime]] = {}
+    for company, computed_at in rows:
+        stamps.setdefault(company, set()).add(computed_at)
+    return stamps
 
-    # The same company twice: the delete succeeds, the insert hits the primary key.
-    with pytest.raises(exc.IntegrityError), loaded.begin() as conn:
-        store_metrics(conn, [metrics[0], metrics[0]])
 
-    assert _stored(loaded) == _expected_rows(metrics)
+def test_one_company_is_replaced_per_transaction(loaded: Engine) -> None:
+    """A company whose rows fail keeps all its previous rows; the others are replaced."""
+    acme, globex, initech = _compute(loaded).values()
+    store_metrics(loaded, [acme, globex, initech])
+    later = COMPUTED_AT + dt.timedelta(minutes=5)
+    # A day listed twice: acme's delete succeeds, then its insert hits the primary key.
+    broken = dataclasses.replace(
+        acme, computed_at=later, last_30_days=[*acme.last_30_days, acme.last_30_days[0]]
+    )
+    globex_later = dataclasses.replace(globex, computed_at=later)
+
+    written = store_metrics(loaded, [broken, globex_later])
+
+    [failure] = written.failed
+    assert failure.company == "acme"
+    assert "daily_revenue" in failure.error or "UNIQUE" in failure.error
+    assert written.rows == len(globex_later.rows())
+    assert _stored(loaded) == _expected_rows([acme, globex, initech])
+    assert _computed_at(loaded) == {
+        "acme": {COMPUTED_AT},
+        "globex": {later},
+        "initech": {COMPUTED_AT},
+    }
+
+
+def test_a_stock_value_of_22_digits_is_stored_exactly(engine: Engine) -> None:
+    """10^12 units (accepted before stock was bounded) at 5e9 each overflowed decimal(20,2)."""
+    _insert(engine, [*PRODUCTS, ("huge", "H1", "tools", None, "5000000000.00", 10**12)], SALES)
+    metrics = list(_compute(engine).values())
+
+    written = store_metrics(engine, metrics)
+
+    assert written.failed == []
+    stored = _stored(engine)
+    assert stored == _expected_rows(metrics)
+    assert ("huge", "stock_value", "", Decimal("5000000000000000000000.00")) in stored
+    assert ("acme", "stock_value", "", Decimal("149.00")) in stored
+
+
+# Sales imported before quantities were bounded: 10^19 units in total.
+OVERFLOWING_SALES = [
+    ("huge", "h1", dt.datetime(2025, 3, 30, 9, 0), 5 * 10**18, "1.00"),
+    ("huge", "h2", dt.datetime(2025, 3, 30, 10, 0), 5 * 10**18, "1.00"),
+]
+
+
+def test_units_beyond_64_bits_fail_only_their_company_on_sqlite(engine: Engine) -> None:
+    """SQLite's SUM of integers raises "integer overflow"; PostgreSQL sums bigints as numeric."""
+    _insert(engine, PRODUCTS, SALES)
+    before = _compute(engine)
+    _insert(engine, [], OVERFLOWING_SALES)
+
+    with engine.connect() as conn:
+        computed = compute_metrics(conn, today=TODAY, timezone=TZ, computed_at=COMPUTED_AT)
+    written = store_metrics(engine, computed.metrics)
+
+    after = {m.company: m for m in computed.metrics}
+    assert {c: after[c] for c in before} == before
+    assert written.failed == []
+    if engine.dialect.name == "sqlite":
+        assert computed.failed == [CompanyFailure("huge", "integer overflow")]
+        assert sorted(after) == sorted(before)
+    else:
+        assert computed.failed == []
+        assert (after["huge"].units, after["huge"].last_30_days[-1].units) == (10**19, 10**19)
+        assert ("huge", "units", "", Decimal(10**19)) in _stored(engine)
 
 
 def test_cache_writes_one_document_per_company_with_ttl(
@@ -402,6 +476,42 @@ def test_asset_with_redis(
     assert stored == Decimal(acme["revenue"])
     for key in redis_client.scan_iter(match=f"{prefix}*"):
         assert 595 < redis_client.ttl(key) <= 600
+
+
+def test_asset_fails_naming_the_company_after_storing_the_others(
+    tmp_path: Path, redis_client: Redis, redis_url: str, prefix: str
+) -> None:
+    """On SQLite, where the overflowing company cannot be computed: the others are stored and
+    cached, and the step fails (not retried) naming it."""
+    url = f"sqlite:///{tmp_path}/warehouse.db"
+    engine = make_engine(url)
+    create_schema(engine)
+    now = dt.datetime.now(NY).replace(tzinfo=None, microsecond=0)
+    _insert(
+        engine,
+        PRODUCTS,
+        [*_now_sales(), *[(c, t, now, q, p) for c, t, _, q, p in OVERFLOWING_SALES]],
+    )
+    resources = {
+        "warehouse": WarehouseResource(url=url),
+        "redis": RedisResource(url=redis_url, key_prefix=prefix),
+    }
+    [asset] = build_metrics(Calendar(timezone=TZ)).assets
+
+    result = dg.materialize([asset], resources=resources, raise_on_error=False)
+
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert not [e for e in result.all_events if e.is_step_up_for_retry]
+    data = failure.step_failure_data.user_failure_data
+    assert data.description == (
+        "dashboard_metrics not refreshed for 1 company (the others were written): huge"
+    )
+    assert data.metadata["huge"].value == "integer overflow"
+    assert {company for company, *_ in _stored(engine)} == {"acme", "globex"}
+    assert json.loads(redis_client.get(f"{prefix}metrics:companies")) == ["acme", "globex"]
+    assert redis_client.get(f"{prefix}metrics:huge") is None
+    engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
 from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED, build_maintenance
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
-from etl_assets.services import journal
+from etl_assets.services import journal, pull
 from etl_assets.services.pull import PullError, PullResult, pull_sources
 from etl_assets.services.registration import scan_inbox, upload_id_for
 from etl_assets.services.storage import StoragePaths
@@ -232,10 +233,137 @@ def test_a_file_linking_outside_the_allowed_roots_is_skipped(
 
     result = _pull(source, root, paths)
 
-    assert result.skipped == [
-        f"{source / 'acme' / 'passwords.csv'}: resolves outside the allowed roots"
-    ]
+    assert result.skipped == [f"{source / 'acme' / 'passwords.csv'}: {LINK}"]
     assert "acme/passwords.csv" not in _inbox_files(paths)
+
+
+LINK = "is a symbolic link (links are not pulled)"
+HARD_LINK = "has 2 hard links (a file with other names is not pulled)"
+BOTH = ["acme/products.csv", "globex/sales.csv"]
+STOLEN = Path("evil") / "stolen.csv"
+VICTIM = Path("globex") / "sales.csv"
+
+
+def _link_a_file(source: Path) -> None:
+    (source / "evil").mkdir()
+    (source / STOLEN).symlink_to(Path("..") / VICTIM)
+
+
+def _hard_link_a_file(source: Path) -> None:
+    (source / "evil").mkdir()
+    os.link(source / VICTIM, source / STOLEN)
+
+
+def _link_a_directory(source: Path) -> None:
+    (source / "evil").symlink_to("globex", target_is_directory=True)
+
+
+@pytest.mark.parametrize(
+    ("attack", "skipped", "inbox"),
+    [
+        (_link_a_file, [f"{STOLEN}: {LINK}"], BOTH),
+        (_link_a_directory, [f"evil: {LINK}"], BOTH),
+        # Which name is the company's own is unknowable: neither is pulled, both are reported.
+        (_hard_link_a_file, [f"{STOLEN}: {HARD_LINK}", f"{VICTIM}: {HARD_LINK}"], BOTH[:1]),
+    ],
+    ids=["file-symlink", "directory-symlink", "hard-link"],
+)
+def test_a_link_to_another_companys_file_is_not_pulled(
+    paths: StoragePaths,
+    root: Path,
+    source: Path,
+    attack: Callable[[Path], None],
+    skipped: list[str],
+    inbox: list[str],
+) -> None:
+    attack(source)
+
+    result = _pull(source, root, paths)
+
+    assert result.skipped == [f"{source}/{entry}" for entry in skipped]
+    assert sorted(_inbox_files(paths)) == inbox
+
+
+class _Listing(list):
+    """A directory listing as `os.scandir` returns it, also usable in a `with` block."""
+
+    def __enter__(self) -> "_Listing":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _RacingOs:
+    """`os` for the pull module, where an attacker swaps an entry right after it is listed."""
+
+    def __init__(self, name: str, swap: Callable[[], None]) -> None:
+        self.name, self.swap, self.swapped = name, swap, False
+
+    def __getattr__(self, attribute: str) -> object:
+        return getattr(os, attribute)
+
+    def scandir(self, directory: object) -> _Listing:
+        listing = _Listing(os.scandir(directory))
+        if not self.swapped and any(entry.name == self.name for entry in listing):
+            self.swap()
+            self.swapped = True
+        return listing
+
+
+def _swap_for_link(path: Path, target: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+    path.symlink_to(target)
+
+
+def _swap_for_hard_link(path: Path, target: Path) -> None:
+    path.unlink()
+    os.link(target, path)
+
+
+@pytest.mark.parametrize(
+    ("listed", "swap", "skipped", "inbox"),
+    [
+        (
+            "stolen.csv",
+            lambda s, out: _swap_for_link(s / STOLEN, s / VICTIM),
+            [f"{STOLEN}: {LINK}"],
+            BOTH,
+        ),
+        ("stolen.csv", lambda s, out: _swap_for_link(s / STOLEN, out), [f"{STOLEN}: {LINK}"], BOTH),
+        (
+            "stolen.csv",
+            lambda s, out: _swap_for_hard_link(s / STOLEN, s / VICTIM),
+            [f"{STOLEN}: {HARD_LINK}", f"{VICTIM}: {HARD_LINK}"],
+            BOTH[:1],
+        ),
+        ("evil", lambda s, out: _swap_for_link(s / "evil", s / "globex"), [f"evil: {LINK}"], BOTH),
+    ],
+    ids=["file-to-other-company", "file-to-outside", "file-to-hard-link", "directory-to-other"],
+)
+def test_an_entry_swapped_for_a_link_after_listing_is_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+    paths: StoragePaths,
+    root: Path,
+    source: Path,
+    tmp_path: Path,
+    listed: str,
+    swap: Callable[[Path, Path], None],
+    skipped: list[str],
+    inbox: list[str],
+) -> None:
+    _write(source / STOLEN, b"transaction_id,sold_at,sku,quantity,unit_price\n")
+    outside = _write(tmp_path / "secret" / "passwords.csv", b"user,password\nroot,hunter2\n")
+    monkeypatch.setattr(pull, "os", _RacingOs(listed, lambda: swap(source, outside)))
+
+    result = _pull(source, root, paths)
+
+    assert result.skipped == [f"{source}/{entry}" for entry in skipped]
+    assert result.errors == []
+    assert sorted(_inbox_files(paths)) == inbox
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,9 @@ import datetime as dt
 import gzip
 import os
 import random
+import time
+import zipfile
+from xml.sax.saxutils import escape
 
 import openpyxl
 import pandas as pd
@@ -13,6 +16,7 @@ from etl_assets.samples import products_frame, sales_frame, write_csv, write_xls
 from etl_assets.services.companies import CompanyOptions
 from etl_assets.services.contract import PRODUCTS, SALES
 from etl_assets.services.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.results import ImportSettings
 
 PRODUCT_HEADER = "sku,name,category,brand,unit_price,stock_quantity"
 ACCENTED = [
@@ -22,10 +26,11 @@ ACCENTED = [
 DEFAULTS = CompanyOptions()
 
 
-def read_all(path, options=DEFAULTS, spec=PRODUCTS, chunk_rows=1000):
-    """The header and every chunk of a file, as the importer reads it."""
-    header = read_header(path, options, full_scan=True)
-    return header, list(iter_chunks(path, header, spec, chunk_rows))
+def read_all(path, options=DEFAULTS, spec=PRODUCTS, chunk_rows=1000, **limits):
+    """The header and every chunk of a file, as the importer reads it (`limits`: ImportSettings)."""
+    settings = ImportSettings(chunk_rows=chunk_rows, **limits)
+    header = read_header(path, options, full_scan=True, settings=settings)
+    return header, list(iter_chunks(path, header, spec, settings))
 
 
 def accented_csv(delimiter=","):
@@ -191,6 +196,28 @@ def test_xlsx_reads_the_first_sheet_with_typed_cells_as_text(tmp_path):
     }
 
 
+def test_xlsx_float_cells_read_as_the_spreadsheet_shows_them(tmp_path):
+    """A price computed in a spreadsheet (19.99 * 1.1) is stored as 21.989999999999998; the
+    text is what the spreadsheet displays, so exact money validation accepts it."""
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["sku", "name", "category", "brand", "unit_price", "stock_quantity"])
+    workbook.active.append(["S1", "n", "c", "b", 1.25, 3])
+    written = tmp_path / "written.xlsx"
+    workbook.save(written)
+    # openpyxl writes short floats; Excel writes all 17 digits, as here.
+    path = tmp_path / "products.xlsx"
+    with zipfile.ZipFile(written) as source, zipfile.ZipFile(path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<v>1.25</v>", b"<v>21.989999999999998</v>")
+            target.writestr(item, data)
+
+    _, chunks = read_all(path)
+
+    assert pd.concat(chunks)["unit_price"].tolist() == ["21.99"]
+
+
 def test_xlsx_written_by_samples_round_trips(tmp_path):
     frame = products_frame(30, seed=4)
     path = write_xlsx(frame, tmp_path / "catalogue.xlsx")
@@ -271,9 +298,9 @@ def test_aliases_apply_before_kind_detection(tmp_path):
     assert chunks[0]["sku"].tolist() == ["A1"]
 
 
-def structural_error(path, options=DEFAULTS, spec=PRODUCTS):
+def structural_error(path, options=DEFAULTS, spec=PRODUCTS, **limits):
     with pytest.raises(StructuralError) as info:
-        read_all(path, options, spec)
+        read_all(path, options, spec, **limits)
     return str(info.value)
 
 
@@ -314,9 +341,9 @@ def test_nul_bytes_are_structural(tmp_path):
     assert "NUL" in structural_error(path)
 
 
-def test_utf16_text_is_structural(tmp_path):
+def test_utf16_text_without_a_bom_is_structural(tmp_path):
     path = tmp_path / "products.csv"
-    path.write_bytes(accented_csv().encode("utf-16"))
+    path.write_bytes(accented_csv().encode("utf-16-le"))
     assert "undecodable" in structural_error(path)
 
 
@@ -396,3 +423,315 @@ def test_unsupported_file_type_is_structural(tmp_path, name):
     path = tmp_path / name
     path.write_text(accented_csv(), encoding="utf-8")
     assert "unsupported" in structural_error(path)
+
+
+# --- limits: oversized and malformed input is rejected before it costs memory or time ---------
+
+
+def write_upload(path, data):
+    """Write bytes as an upload, gzip-compressed when the name ends in `.gz`."""
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+    return path
+
+
+@pytest.mark.parametrize("name", ["products.csv", "products.csv.gz"])
+@pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted-multiline"])
+def test_line_or_field_longer_than_the_limit_is_structural(tmp_path, name, quoted):
+    """A quoted field spanning many short lines is caught as well as a long line."""
+    cell = '"' + "\n".join(["y" * 99] * 11) + '"' if quoted else "x" * 1001
+    text = f"{PRODUCT_HEADER}\nA1,n,c,b,1,1\nA2,{cell},c,b,1,1\nA3,n,c,b,1,1\n"
+    path = write_upload(tmp_path / name, text.encode())
+    message = structural_error(path, max_row_size=1000)
+    where = "the field starting on line 3" if quoted else "line 3"
+    assert f"{where} is longer than 1,000 characters" in message
+
+
+def test_line_longer_than_the_limit_is_structural_before_it_is_held(tmp_path):
+    """A 100 MB line in a 100 KB .csv.gz is refused after reading about the limit of it."""
+    with gzip.open(tmp_path / "products.csv.gz", "wb", compresslevel=1) as stream:
+        stream.write(f"{PRODUCT_HEADER}\nA1,".encode())
+        for _ in range(100):
+            stream.write(b"x" * 1024 * 1024)
+    started = time.process_time()
+    message = structural_error(tmp_path / "products.csv.gz", max_row_size=1000)
+    assert "line 2 is longer than 1,000 characters" in message
+    # Decoding the file takes most of it (two passes); reading the line whole took seconds more.
+    assert time.process_time() - started < 1.5
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_lines_at_the_limit_are_read(tmp_path, ending):
+    """Whatever ends them, and the last line also without an ending."""
+    line = f"A1,{'x' * 989},c,b,1,1"
+    assert len(line) == 1000
+    text = f"{PRODUCT_HEADER}{ending}{line}{ending}{line.replace('A1', 'A2')}"
+    _, chunks = read_all(write_upload(tmp_path / "products.csv", text.encode()), max_row_size=1000)
+    assert chunks[0]["name"].str.len().tolist() == [989, 989]
+
+
+def test_header_line_longer_than_the_limit_is_structural(tmp_path):
+    path = write_upload(tmp_path / "products.csv", f"{PRODUCT_HEADER},{'h' * 2000}\n".encode())
+    assert "line 1 is longer than 1,000 characters" in structural_error(path, max_row_size=1000)
+
+
+@pytest.mark.parametrize("name", ["products.csv", "products.csv.gz"])
+def test_upload_larger_than_the_limit_when_decompressed_is_structural(tmp_path, name):
+    data = (PRODUCT_HEADER + "\n" + "".join(f"S{i},n,c,b,1,1\n" for i in range(2000))).encode()
+    path = write_upload(tmp_path / name, data)
+    message = structural_error(path, max_upload_bytes=len(data) - 1)
+    assert f"more than {len(data) - 1:,} bytes" in message
+    _, chunks = read_all(path, max_upload_bytes=len(data))
+    assert sum(len(c) for c in chunks) == 2000
+
+
+def test_gzip_bomb_is_rejected_after_reading_only_up_to_the_limit(tmp_path):
+    """About 100 MB of rows in a 100 KB file: reading stops at the limit, not at the end."""
+    row = b"S1,n,c,b,1,1\n"
+    with gzip.open(tmp_path / "products.csv.gz", "wb", compresslevel=1) as stream:
+        stream.write(PRODUCT_HEADER.encode() + b"\n")
+        block = row * (1024 * 1024 // len(row))
+        for _ in range(100):
+            stream.write(block)
+    started = time.process_time()
+    assert "more than 1,048,576 bytes" in structural_error(
+        tmp_path / "products.csv.gz", max_upload_bytes=1024 * 1024
+    )
+    assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize("cut", ["truncated", "corrupt"])
+def test_damaged_gzip_is_structural(tmp_path, cut):
+    """Damage after the first 64 KiB is only found by the full read."""
+    text = (
+        PRODUCT_HEADER
+        + "\n"
+        + "".join(f"S{i},{os.urandom(8).hex()},c,b,1,1\n" for i in range(9000))
+    )
+    data = gzip.compress(text.encode())
+    damaged = data[: len(data) // 2] if cut == "truncated" else data[:-8] + b"\x00" * 8
+    path = tmp_path / "products.csv.gz"
+    path.write_bytes(damaged)
+    assert "unreadable" in structural_error(path)
+
+
+def test_nul_byte_after_the_sample_is_structural_not_truncated(tmp_path):
+    lines = [PRODUCT_HEADER] + [f"S{i},Product {i},c,b,1.00,1" for i in range(3000)]
+    path = tmp_path / "products.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b"LAST,ba\x00d,c,b,1.00,1\n")
+    assert path.stat().st_size > 64 * 1024
+    message = structural_error(path)
+    assert "NUL" in message
+    assert "line 3002" in message
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_line_numbers_in_messages_follow_any_line_ending_across_read_blocks(tmp_path, ending):
+    """The file is read 1 MiB at a time; here a \r\n is split between the first two blocks."""
+    rows = [f"S{i:05d},Product,c,b,1.00,1" for i in range(40_000)]
+    text = ending.join([PRODUCT_HEADER, *rows, "LAST,ba\x00d,c,b,1.00,1", ""])
+    block = 1024 * 1024
+    # Lengthen the first row until a line ending starts on the block's last byte.
+    while ending not in text[block - 1 : block + 1]:
+        text = text.replace("S00000,Product", "S00000,Product+", 1)
+    assert text[block - 1] == ending[0]
+    path = tmp_path / "products.csv"
+    path.write_bytes(text.encode())
+    assert "NUL character on line 40002" in structural_error(path)
+
+
+def test_header_longer_than_the_sample_is_structural(tmp_path):
+    extra = ",".join(f"extra_column_{i}" for i in range(6000))
+    path = tmp_path / "products.csv"
+    path.write_text(f"{PRODUCT_HEADER},{extra}\nA1,n,c,b,1,1\n", encoding="utf-8")
+    assert path.stat().st_size > 64 * 1024
+    assert "header row is longer than 64 KiB" in structural_error(path)
+
+
+UNICODE_TEXT = [
+    ("utf-16", "utf-16", b""),
+    ("utf-16-le", "utf-16", b"\xff\xfe"),
+    ("utf-16-be", "utf-16", b"\xfe\xff"),
+    ("utf-32", "utf-32", b""),
+]
+
+
+@pytest.mark.parametrize(("codec", "detected", "bom"), UNICODE_TEXT)
+@pytest.mark.parametrize("name", ["products.csv", "products.csv.gz"])
+def test_unicode_text_with_a_bom_is_decoded(tmp_path, codec, detected, bom, name):
+    """Excel's "Unicode text" export: UTF-16 with a BOM, tab-separated; longer than the sample."""
+    rows = [*ACCENTED, *([f"S{i}", f"Ürün {i}", "c", "b", "1.00", "1"] for i in range(3000))]
+    text = accented_csv("\t") + "".join("\t".join(r) + "\r\n" for r in rows[2:])
+    path = write_upload(tmp_path / name, bom + text.encode(codec))
+    header, chunks = read_all(path)
+    assert (header.encoding, header.delimiter) == (detected, "\t")
+    assert header.columns == PRODUCTS.column_names
+    frame = pd.concat(chunks)
+    assert frame.to_numpy().tolist() == rows
+    assert frame.index.tolist() == list(range(2, len(rows) + 2))
+
+
+def test_nul_character_in_utf16_text_is_structural(tmp_path):
+    path = tmp_path / "products.csv"
+    path.write_bytes((accented_csv("\t") + "A3\tba\x00d\tc\tb\t1\t1\n").encode("utf-16"))
+    assert "NUL character on line 4" in structural_error(path)
+
+
+def handmade_xlsx(path, rows, *, dimension=None, shared=()):
+    """A workbook written by hand, as other producers write them: strings in `shared` go to the
+    shared strings table (as Excel does), other strings inline; `dimension` as declared."""
+
+    def cell(ref, value):
+        if not isinstance(value, str):
+            return f'<c r="{ref}"><v>{value}</v></c>'
+        if value in shared:
+            return f'<c r="{ref}" t="s"><v>{shared.index(value)}</v></c>'
+        return f'<c r="{ref}" t="inlineStr"><is><t>{escape(value)}</t></is></c>'
+
+    body = "".join(
+        f'<row r="{r}">{"".join(cell(f"{chr(65 + i)}{r}", v) for i, v in enumerate(row))}</row>'
+        for r, row in enumerate(rows, start=1)
+    )
+    main = 'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    rels = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    package = "http://schemas.openxmlformats.org/package/2006"
+    types = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+    parts = {
+        "[Content_Types].xml": (
+            f'<Types xmlns="{package}/content-types">'
+            '<Default Extension="rels" ContentType="application/'
+            'vnd.openxmlformats-package.relationships+xml"/>'
+            '<Default Extension="xml" ContentType="application/xml"/>'
+            f'<Override PartName="/xl/workbook.xml" ContentType="{types}.sheet.main+xml"/>'
+            '<Override PartName="/xl/worksheets/sheet1.xml" '
+            f'ContentType="{types}.worksheet+xml"/>'
+            '<Override PartName="/xl/sharedStrings.xml" '
+            f'ContentType="{types}.sharedStrings+xml"/></Types>'
+        ),
+        "_rels/.rels": (
+            f'<Relationships xmlns="{package}/relationships"><Relationship Id="rId1" '
+            f'Type="{rels}/officeDocument" Target="xl/workbook.xml"/></Relationships>'
+        ),
+        "xl/workbook.xml": (
+            f'<workbook {main} xmlns:r="{rels}"><sheets>'
+            '<sheet name="export" sheetId="1" r:id="rId1"/></sheets></workbook>'
+        ),
+        "xl/_rels/workbook.xml.rels": (
+            f'<Relationships xmlns="{package}/relationships">'
+            f'<Relationship Id="rId1" Type="{rels}/worksheet" Target="worksheets/sheet1.xml"/>'
+            f'<Relationship Id="rId2" Type="{rels}/sharedStrings" Target="sharedStrings.xml"/>'
+            "</Relationships>"
+        ),
+        "xl/worksheets/sheet1.xml": (
+            f"<worksheet {main}>"
+            + (f'<dimension ref="{dimension}"/>' if dimension else "")
+            + f"<sheetData>{body}</sheetData></worksheet>"
+        ),
+        "xl/sharedStrings.xml": (
+            f"<sst {main}>{''.join(f'<si><t>{escape(s)}</t></si>' for s in shared)}</sst>"
+        ),
+    }
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for part, text in parts.items():
+            archive.writestr(part, text)
+    return path
+
+
+XLSX_ROWS = [
+    PRODUCT_HEADER.split(","),
+    ["A1", "Café", "c", "b", 1.5, 3],
+    ["A2", "n", "c", "b", 2, 4],
+]
+
+
+def test_handmade_xlsx_with_shared_strings_is_read(tmp_path):
+    path = handmade_xlsx(tmp_path / "products.xlsx", XLSX_ROWS, shared=("sku", "Café"))
+    header, chunks = read_all(path)
+    assert header.columns == PRODUCTS.column_names
+    assert chunks[0].to_numpy().tolist() == [
+        ["A1", "Café", "c", "b", "1.5", "3"],
+        ["A2", "n", "c", "b", "2", "4"],
+    ]
+
+
+def test_xlsx_declaring_more_cells_than_allowed_is_structural(tmp_path):
+    """Excel's whole grid declared: rejected before any row is read (iterating took ~10 min)."""
+    path = handmade_xlsx(tmp_path / "products.xlsx", XLSX_ROWS, dimension="A1:XFD1048576")
+    started = time.process_time()
+    message = structural_error(path)
+    assert "declares 17,179,869,184 cells (A1:XFD1048576)" in message
+    assert "more than 10,000,000" in message
+    assert time.process_time() - started < 1
+
+
+def test_xlsx_declared_wider_than_its_header_reads_the_header_columns_only(tmp_path):
+    """A used range wider than the header (formatting, a stray note) costs nothing per row."""
+    path = handmade_xlsx(tmp_path / "products.xlsx", XLSX_ROWS, dimension="A1:XFD600")
+    header, chunks = read_all(path)
+    assert header.raw == PRODUCT_HEADER.split(",")
+    assert [c.index.tolist() for c in chunks] == [[2, 3]]
+
+
+@pytest.mark.parametrize("dimension", [None, "A1:F2"])
+def test_xlsx_with_more_cells_than_allowed_is_structural_whatever_it_declares(tmp_path, dimension):
+    """Every row is read, also past a declared range that is too small (they were dropped)."""
+    rows = [PRODUCT_HEADER.split(","), *([f"S{i}", "n", "c", "b", 1, 1] for i in range(10))]
+    path = handmade_xlsx(tmp_path / "products.xlsx", rows, dimension=dimension)
+    assert "more than 30 cells" in structural_error(path, max_sheet_cells=30)
+    _, chunks = read_all(path, max_sheet_cells=66)
+    assert sum(len(c) for c in chunks) == 10
+
+
+@pytest.mark.parametrize("where", ["inline", "shared"])
+def test_xlsx_cell_larger_than_the_limit_is_structural(tmp_path, where):
+    big = "x" * 5000
+    rows = [*XLSX_ROWS, ["A3", big, "c", "b", 1, 1]]
+    shared = (big,) if where == "shared" else ()
+    path = handmade_xlsx(tmp_path / "products.xlsx", rows, shared=shared)
+    assert "larger than 1,000 bytes" in structural_error(path, max_row_size=1000)
+    _, chunks = read_all(path, max_row_size=6000)
+    assert chunks[0]["name"].tolist() == ["Café", "n", big]
+
+
+@pytest.mark.parametrize("where", ["shared string", "header row"])
+def test_what_openpyxl_loads_for_the_header_is_checked_with_default_limits(tmp_path, where):
+    """Registration reads only the header, but openpyxl loads every shared string and the whole
+    first row to do it. Later rows are checked by the import's full scan only."""
+    big = "x" * (1024 * 1024 + 1)
+    rows = [[*XLSX_ROWS[0], big], *XLSX_ROWS[1:]] if where == "header row" else XLSX_ROWS
+    path = handmade_xlsx(
+        tmp_path / "products.xlsx", rows, shared=(big,) if where == "shared string" else ()
+    )
+    with pytest.raises(StructuralError, match="larger than 1,048,576 bytes"):
+        read_header(path, DEFAULTS)
+
+
+def test_later_rows_are_checked_by_the_full_scan_only(tmp_path):
+    big = "x" * (1024 * 1024 + 1)
+    path = handmade_xlsx(tmp_path / "products.xlsx", [*XLSX_ROWS, ["A3", big, "c", "b", 1, 1]])
+    assert read_header(path, DEFAULTS).kind == "products"
+    with pytest.raises(StructuralError, match="larger than 1,048,576 bytes"):
+        read_header(path, DEFAULTS, full_scan=True)
+
+
+def test_binary_parts_are_not_taken_for_xml(tmp_path):
+    """An embedded image whose bytes happen to hold `<si>` is not a 2 MB shared string."""
+    path = handmade_xlsx(tmp_path / "products.xlsx", XLSX_ROWS)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("xl/media/image1.png", b"\x89PNG<si>" + os.urandom(2 * 1024 * 1024))
+    header, chunks = read_all(path)
+    assert header.kind == "products"
+    assert len(chunks[0]) == 2
+
+
+def test_xlsx_header_of_blank_cells_is_an_empty_workbook(tmp_path):
+    path = handmade_xlsx(tmp_path / "products.xlsx", [[" ", "  "], ["A1", "n"]])
+    assert "empty workbook" in structural_error(path)
+
+
+def test_xlsx_larger_than_the_limit_when_decompressed_is_structural(tmp_path):
+    path = handmade_xlsx(tmp_path / "products.xlsx", XLSX_ROWS)
+    with zipfile.ZipFile(path) as archive:
+        size = sum(info.file_size for info in archive.infolist())
+    assert f"more than {size - 1:,} bytes" in structural_error(path, max_upload_bytes=size - 1)
+    _, chunks = read_all(path, max_upload_bytes=size)
+    assert len(chunks[0]) == 2

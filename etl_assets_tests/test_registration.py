@@ -2,14 +2,18 @@
 
 import hashlib
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 
 from etl_assets.samples import products_frame, sales_frame, write_csv, write_xlsx
-from etl_assets.services import journal
+from etl_assets.services import journal, reading, registration
+from etl_assets.services.cleanup import plan_cleanup
 from etl_assets.services.registration import (
     ScanResult,
     landing_path,
@@ -521,19 +525,222 @@ def test_received_upload_stays_unfinished_until_its_import_ends(
     assert [p.upload_id for p in _unfinished(engine)] == [upload_id_for("acme", _sha(sales))]
 
 
-def test_a_very_long_name_is_rejected_into_a_valid_path(engine, paths):
-    name = "x" * 240 + ".txt"
+@pytest.mark.parametrize(
+    "name",
+    [
+        # 150 characters, 228 bytes: `<id>__<name>` was longer than a file name may be.
+        "\N{GRINNING FACE}" * 26 + "x" * 120 + ".txt",
+        # 215 bytes: the file moved, but `<id>__<name>.reason.txt` was too long.
+        "\N{LATIN SMALL LETTER E WITH ACUTE}" * 100 + "x" * 11 + ".txt",
+        # The longest name a file can have (255 bytes).
+        "x" * 251 + ".txt",
+    ],
+    ids=["emoji-228-bytes", "accents-215-bytes", "ascii-255-bytes"],
+)
+def test_a_long_name_is_rejected_and_journalled_with_names_that_fit(
+    engine: Engine, paths: StoragePaths, name: str
+) -> None:
     _drop(paths.inbox / "acme" / name, b"sku,name\n")
 
     scan = _scan(engine, paths)
+    again = _scan(engine, paths)
 
+    assert (scan.errors, scan.registered) == ([], [])
     [row] = _journal(engine)
-    assert row.upload_id == scan.rejected[0]
+    assert scan.rejected == [row.upload_id]
     assert row.original_name == name
-    moved = [p for p in _files(paths.rejected) if not p.name.endswith(".reason.txt")]
-    assert len(moved) == 1
-    assert moved[0].name.endswith(name[-150:])
-    assert moved[0].read_bytes() == b"sku,name\n"
+    assert f"inbox/acme/{name}" in (row.source or "")
+    [reason_file] = [p for p in _files(paths.rejected) if p.name.endswith(".reason.txt")]
+    [moved] = [p for p in _files(paths.rejected) if p != reason_file]
+    assert reason_file.name == f"{moved.name}.reason.txt"
+    assert "unsupported file type" in reason_file.read_text(encoding="utf-8")
+    assert all(len(os.fsencode(p.name)) <= 255 for p in (moved, reason_file))
+    # Cut by bytes between whole characters, keeping the end of the name (its suffix).
+    prefix = f"{row.upload_id}__"
+    assert moved.name.startswith(prefix)
+    assert name.endswith(moved.name.removeprefix(prefix))
+    assert moved.name.endswith("x.txt")
+    assert f"(moved to {moved})" in (row.message or "")
+    assert moved.read_bytes() == b"sku,name\n"
+    assert _files(paths.inbox) == []
+    assert again == ScanResult()
+    # Journalled, so cleanup keeps it for the retention instead of taking it for an orphan.
+    assert plan_cleanup(engine, paths, 1, journal.now_utc()).files() == []
+
+
+def _swap(path: Path, data: bytes, mtime: float) -> None:
+    """Put another file (a new inode) at `path` in one rename, as a competing writer would."""
+    _drop(path.with_name(f".swap-{path.name}"), data, mtime)
+    os.replace(path.with_name(f".swap-{path.name}"), path)
+
+
+def _after(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, action) -> None:
+    """Run `action` once, right after the first call of `owner.name` returns."""
+    original = getattr(owner, name)
+    pending = [action]
+
+    def wrapper(*args, **kwargs):
+        result = original(*args, **kwargs)
+        while pending:
+            pending.pop()()
+        return result
+
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+# Same size and mtime, different bytes: only the inode tells the two files apart.
+FIRST = b"sku,name,unit_price,stock_quantity\nA,a,1,1\n"
+SECOND = b"sku,name,unit_price,stock_quantity\nB,b,2,2\n"
+
+
+@pytest.mark.parametrize("step", ["hashing", "reading the header"])
+def test_a_file_swapped_before_it_is_journalled_waits_for_the_next_scan(
+    engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    path = _drop(paths.inbox / "acme" / "products.csv", FIRST)
+    owner, name = (registration, "_sha256") if step == "hashing" else (reading, "read_header")
+    _after(monkeypatch, owner, name, lambda: _swap(path, SECOND, T0))
+
+    swapped = _scan(engine, paths)
+
+    assert (swapped.registered, swapped.rejected, swapped.duplicates) == ([], [], [])
+    assert swapped.waiting == 1
+    assert _journal(engine) == []
+    assert _files(paths.landing) == []
+    assert path.read_bytes() == SECOND
+
+    monkeypatch.undo()
+    later = _scan(engine, paths)
+
+    assert later.registered == [upload_id_for("acme", _sha(SECOND))]
+    assert (paths.landing / "acme" / f"{_sha(SECOND)}.csv").read_bytes() == SECOND
+    assert not (paths.landing / "acme" / f"{_sha(FIRST)}.csv").exists()
+
+
+def test_a_file_swapped_just_before_the_move_is_put_back_and_the_hashed_bytes_land(
+    engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _drop(paths.inbox / "acme" / "products.csv", FIRST)
+    # The row is written after the last check and before the move: the narrowest window.
+    _after(monkeypatch, journal, "record", lambda: _swap(path, SECOND, T0))
+
+    scan = _scan(engine, paths)
+
+    first_id = upload_id_for("acme", _sha(FIRST))
+    assert scan.registered == [first_id]
+    landing = paths.landing / "acme" / f"{_sha(FIRST)}.csv"
+    assert landing.read_bytes() == FIRST
+    assert stat.S_IMODE(landing.stat().st_mode) == 0o444
+    assert _files(paths.landing) == [landing]
+    assert path.read_bytes() == SECOND
+
+    monkeypatch.undo()
+    later = _scan(engine, paths)
+
+    assert later.registered == [upload_id_for("acme", _sha(SECOND))]
+    assert _files(paths.inbox) == []
+    assert {row.upload_id for row in _unfinished(engine)} == {
+        first_id,
+        upload_id_for("acme", _sha(SECOND)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("step", "change"),
+    [
+        ("hashing", "swapped"),
+        ("journalling the duplicate", "swapped"),
+        ("journalling the duplicate", "rewritten in place"),
+    ],
+)
+def test_a_file_changed_over_a_duplicate_is_not_deleted(
+    engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch, step: str, change: str
+) -> None:
+    _drop(paths.inbox / "acme" / "products.csv", FIRST)
+    [first_id] = _scan(engine, paths).registered
+    again = _drop(paths.inbox / "acme" / "again.csv", FIRST)
+    owner, name = (registration, "_sha256") if step == "hashing" else (journal, "record")
+    # Rewritten in place: same inode, other bytes, and an mtime that is still settled.
+    action = (
+        (lambda: _swap(again, SECOND, T0))
+        if change == "swapped"
+        else (lambda: _drop(again, SECOND, T0 + 1))
+    )
+    _after(monkeypatch, owner, name, action)
+
+    changed = _scan(engine, paths)
+
+    # The hashed copy was a duplicate only if it got as far as the journal.
+    expected = [f"{first_id}.dup-1"] if step == "journalling the duplicate" else []
+    assert changed.duplicates == expected
+    assert [row.upload_id for row in _journal(engine)] == [first_id, *expected]
+    assert again.read_bytes() == SECOND
+
+    monkeypatch.undo()
+    later = _scan(engine, paths)
+
+    assert later.registered == [upload_id_for("acme", _sha(SECOND))]
+    assert (paths.landing / "acme" / f"{_sha(SECOND)}.csv").read_bytes() == SECOND
+    assert (paths.landing / "acme" / f"{_sha(FIRST)}.csv").read_bytes() == FIRST
+
+
+@pytest.fixture
+def tmpfs_inbox() -> Iterator[Path]:
+    """An inbox on a tmpfs, another filesystem than the data directory's."""
+    root = Path(tempfile.mkdtemp(prefix="etl-inbox-", dir="/dev/shm"))
+    yield root / "inbox"
+    shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("swapped", [False, True], ids=["plain", "swapped-before-the-move"])
+def test_an_inbox_on_another_filesystem_lands_a_copy_of_the_hashed_bytes(
+    engine: Engine,
+    paths: StoragePaths,
+    tmpfs_inbox: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    swapped: bool,
+) -> None:
+    paths = StoragePaths(data_dir=paths.data_dir, inbox=tmpfs_inbox)
+    path = _drop(paths.inbox / "acme" / "products.csv", FIRST)
+    assert path.stat().st_dev != paths.landing.stat().st_dev
+    if swapped:
+        _after(monkeypatch, journal, "record", lambda: _swap(path, SECOND, T0))
+
+    scan = _scan(engine, paths)
+
+    assert scan.registered == [upload_id_for("acme", _sha(FIRST))]
+    landing = paths.landing / "acme" / f"{_sha(FIRST)}.csv"
+    assert _files(paths.landing) == [landing]
+    assert landing.read_bytes() == FIRST
+    assert stat.S_IMODE(landing.stat().st_mode) == 0o444
+    # The inbox copy goes only if it is the file that was hashed.
+    assert [p.read_bytes() for p in _files(paths.inbox)] == ([SECOND] if swapped else [])
+
+
+def test_a_hard_link_to_a_file_outside_the_inbox_is_rejected_and_that_file_left_alone(
+    engine: Engine, paths: StoragePaths, tmp_path: Path
+) -> None:
+    data = _products_csv()
+    other = _drop(tmp_path / "elsewhere" / "real.csv", data)
+    other.chmod(0o640)
+    link = paths.inbox / "acme" / "products.csv"
+    link.parent.mkdir()
+    os.link(other, link)
+
+    scan = _scan(engine, paths)
+
+    row, moved = _assert_rejected(
+        engine,
+        paths,
+        scan,
+        name="products.csv",
+        company="acme",
+        reason="hard links are not accepted (the file has 2 names): copy the file itself",
+    )
+    assert row.sha256 is None
+    assert moved.read_bytes() == data
+    assert other.read_bytes() == data
+    assert stat.S_IMODE(other.stat().st_mode) == 0o640
 
 
 def test_duplicates_are_numbered_per_company_and_content(engine, paths):
@@ -549,3 +756,42 @@ def test_duplicates_are_numbered_per_company_and_content(engine, paths):
     assert sorted(scan.duplicates) == sorted(
         f"{upload_id_for(c, _sha(data))}.dup-1" for c in ("a0b", "a_b")
     )
+
+
+def test_a_hard_link_made_just_before_the_move_does_not_share_the_landed_file(
+    engine: Engine, paths: StoragePaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _drop(paths.inbox / "acme" / "products.csv", FIRST)
+    path.chmod(0o640)
+    outside = tmp_path / "kept-elsewhere.csv"
+    _after(monkeypatch, journal, "record", lambda: os.link(path, outside))
+
+    scan = _scan(engine, paths)
+
+    assert scan.registered == [upload_id_for("acme", _sha(FIRST))]
+    landing = paths.landing / "acme" / f"{_sha(FIRST)}.csv"
+    assert landing.read_bytes() == FIRST
+    assert landing.stat().st_nlink == 1
+    assert not os.path.samefile(landing, outside)
+    assert stat.S_IMODE(landing.stat().st_mode) == 0o444
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o640
+    assert _files(paths.inbox) == []
+
+
+def test_names_that_are_not_utf8_are_journalled_not_fatal(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    """A name with bytes that are not UTF-8 (a Latin-1 upload tool, say) must not fail the scan
+    for every tenant: it is journalled with the bytes escaped, accepted or rejected as usual."""
+    inbox = os.fsencode(paths.inbox)
+    accepted = os.path.join(inbox, b"acme", b"caf\xe9.csv")
+    rejected = os.path.join(inbox, b"acme", b"notes\xff.txt")
+    _drop(Path(os.fsdecode(accepted)), _products_csv())
+    _drop(Path(os.fsdecode(rejected)), b"hello")
+
+    scan = _scan(engine, paths)
+
+    assert (len(scan.registered), len(scan.rejected), scan.errors) == (1, 1, [])
+    names = {row.original_name: row.status for row in _journal(engine)}
+    assert names == {"caf\\xe9.csv": "received", "notes\\xff.txt": "rejected"}
+    assert _files(paths.inbox) == []

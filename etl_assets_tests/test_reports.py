@@ -265,6 +265,27 @@ def test_month_without_sales_has_every_day_at_zero(engine: Engine, paths: Storag
     assert "No sales this month." in PdfReader(result.files.pdf).pages[0].extract_text()
 
 
+def test_csv_keeps_negative_figures_numbers(engine: Engine, paths: StoragePaths) -> None:
+    # A day of returns only: negative revenue and units, which formula neutralisation must not
+    # turn into text.
+    with engine.begin() as conn:
+        conn.execute(
+            sales.insert(), [_sale("acme", "r1", dt.datetime(2025, 12, 10, 12), "A", -3, "19.99")]
+        )
+
+    result = _report(engine, paths)
+
+    with open(result.files.csv, newline="", encoding="utf-8") as stream:
+        rows = {r["day"]: r for r in csv.DictReader(stream)}
+    assert [rows["2025-12-10"][f] for f in ("revenue", "units", "transactions", "returns")] == [
+        "-59.97",
+        "-3",
+        "1",
+        "1",
+    ]
+    assert (rows["total"]["revenue"], rows["total"]["units"]) == ("-59.97", "-3")
+
+
 def test_rewriting_a_report_replaces_its_files_and_leaves_no_temporary(
     engine: Engine, paths: StoragePaths
 ) -> None:
@@ -366,7 +387,8 @@ def test_schedule_requests_last_month_for_every_company(
     assert [r.partition_key for r in first] == expected
     assert [r.run_key for r in first] == [str(k) for k in expected]
     assert [r.run_key for r in again] == [r.run_key for r in first]
-    assert [r.tags["etl/company"] for r in first] == ["acme", "globex"]
+    assert [r.tags["etl/report_company"] for r in first] == ["acme", "globex"]
+    assert all("etl/company" not in r.tags for r in first), "the import concurrency tag"
     partitions = build_monthly_sales_report(calendar).partitions_def
     with dg.partition_loading_context(effective_dt=at, dynamic_partitions_store=instance):
         assert all(partitions.has_partition_key(k) for k in expected)

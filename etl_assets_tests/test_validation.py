@@ -447,3 +447,36 @@ def test_local_time_at_a_clock_change_says_so(local_time):
     assert error["column"] == "sold_at"
     assert error["value"] == local_time
     assert error["reason"] == f"does not exist or is ambiguous in {MADRID} (clock change)"
+
+
+QUANTITY_REASON = "must be between -1,000,000,000 and 1,000,000,000"
+STOCK_REASON = "must be <= 1,000,000,000"
+
+
+@pytest.mark.parametrize(
+    ("spec", "column", "value", "reason"),
+    [
+        (SALES, "quantity", "1000000001", QUANTITY_REASON),
+        (SALES, "quantity", "-1000000001", QUANTITY_REASON),
+        # Two of these overflowed SQLite's SUM and every company's aggregates with it.
+        (SALES, "quantity", "5000000000000000000", QUANTITY_REASON),
+        (PRODUCTS, "stock_quantity", "1000000001", STOCK_REASON),
+        (PRODUCTS, "stock_quantity", "1000000000000", STOCK_REASON),
+    ],
+)
+def test_quantities_beyond_a_billion_are_rejected(spec, column, value, reason):
+    assert only_error(spec, {column: value}) == (column, value, reason)
+
+
+@pytest.mark.parametrize(
+    ("spec", "column", "value", "expected"),
+    [
+        (SALES, "quantity", "1000000000", 1_000_000_000),
+        (SALES, "quantity", "-1000000000", -1_000_000_000),
+        (PRODUCTS, "stock_quantity", "1000000000", 1_000_000_000),
+    ],
+)
+def test_quantities_of_a_billion_are_accepted(spec, column, value, expected):
+    result = validate(spec, [{column: value, "unit_price": "9999999999.99"}])
+    assert errors_of(result) == []
+    assert result.staged[column].iloc[0] == expected

@@ -2,12 +2,21 @@
 
 import datetime as dt
 import sqlite3
+from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Column, MetaData, Table, func, inspect, select
+from sqlalchemy import Column, MetaData, Numeric, Table, func, inspect, select
 
 from etl_assets.services import journal
-from etl_assets.warehouse.schema import create_schema, lock_for_writing, make_engine, uploads
+from etl_assets.warehouse.schema import (
+    create_schema,
+    daily_sales,
+    dashboard_metrics,
+    lock_for_writing,
+    make_engine,
+    products,
+    uploads,
+)
 
 NEW_COLUMNS = ("dropped_at", "size_bytes", "attempts", "days_touched")
 
@@ -79,4 +88,62 @@ def test_a_warehouse_created_before_the_batch_columns_gets_them(warehouse_url: s
     with engine.connect() as conn:
         [record] = journal.unfinished(conn, limit=10)
     assert (record.upload_id, record.attempts, record.dropped_at) == ("acme.1", 0, None)
+    engine.dispose()
+
+
+def test_a_postgresql_warehouse_with_narrow_decimals_gets_them_widened(pg_url: str) -> None:
+    """Warehouses created when `daily_sales.revenue` was decimal(14,2) and
+    `dashboard_metrics.value` decimal(20,2) get decimal(38,2), rows kept; nothing is narrowed."""
+    engine = make_engine(pg_url)
+    old_types = {
+        ("daily_sales", "revenue"): Numeric(14, 2),
+        ("dashboard_metrics", "value"): Numeric(20, 2),
+        ("products", "unit_price"): Numeric(20, 4),  # wider than today's: left alone
+    }
+    old = MetaData()
+    for table in (daily_sales, dashboard_metrics, products):
+        Table(
+            table.name,
+            old,
+            *[
+                Column(
+                    c.name,
+                    old_types.get((table.name, c.name), c.type),
+                    primary_key=c.primary_key,
+                    nullable=c.nullable,
+                )
+                for c in table.columns
+            ],
+        )
+    old.create_all(engine)
+    day = dt.date(2025, 1, 10)
+    row = {"company": "acme", "day": day, "units": 1, "transactions": 1, "returns": 0}
+    with engine.begin() as conn:
+        conn.execute(
+            daily_sales.insert(),
+            [{**row, "revenue": Decimal("9999999999.99"), "distinct_products": 1}],
+        )
+
+    create_schema(engine)
+    create_schema(engine)  # again, as every process does on start
+
+    types = {
+        (table, c["name"]): (c["type"].precision, c["type"].scale)
+        for table in ("daily_sales", "dashboard_metrics", "products")
+        for c in inspect(engine).get_columns(table)
+        if isinstance(c["type"], Numeric)
+    }
+    assert types == {
+        ("daily_sales", "revenue"): (38, 2),
+        ("dashboard_metrics", "value"): (38, 2),
+        ("products", "unit_price"): (20, 4),
+    }
+    huge = Decimal("9" * 36 + ".99")
+    with engine.begin() as conn:
+        conn.execute(
+            daily_sales.insert(),
+            [{**row, "company": "huge", "revenue": huge, "distinct_products": 1}],
+        )
+        revenues = dict(conn.execute(select(daily_sales.c.company, daily_sales.c.revenue)).all())
+    assert revenues == {"acme": Decimal("9999999999.99"), "huge": huge}
     engine.dispose()

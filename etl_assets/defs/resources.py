@@ -67,6 +67,11 @@ class ImportSettingsResource(dg.ConfigurableResource):
     batch_max_bytes: int = 1024**3
     # Directories the pull job may read from, os.pathsep-separated; empty disables pulling.
     pull_roots: str = ""
+    # What one upload may cost before it is rejected (see `ImportSettings`).
+    max_upload_bytes: int = 2 * 1024**3
+    max_row_size: int = 1024**2
+    max_sheet_cells: int = 10_000_000
+    max_rejects_written: int = 100_000
 
     def allowed_pull_roots(self) -> list[Path]:
         """The directories a pull source must resolve inside."""
@@ -86,6 +91,10 @@ class ImportSettingsResource(dg.ConfigurableResource):
             max_invalid_fraction=self.max_invalid_fraction,
             chunk_rows=self.chunk_rows,
             timezone=self.timezone,
+            max_upload_bytes=self.max_upload_bytes,
+            max_row_size=self.max_row_size,
+            max_sheet_cells=self.max_sheet_cells,
+            max_rejects_written=self.max_rejects_written,
         )
 
 

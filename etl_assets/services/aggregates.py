@@ -3,6 +3,10 @@
 Days are calendar days in a timezone. Their UTC bounds come from zoneinfo (so daylight-saving
 days are 23 or 25 hours long) and are joined to `sales.sold_at` as half-open intervals, which
 reads the `sold_at` index and works the same on PostgreSQL and SQLite.
+
+One statement refreshes every company. When it fails (one company's figures overflow, say),
+the range is refreshed again one company at a time, each in a savepoint, so that only the
+failing companies keep their previous figures; they are reported, never silently skipped.
 """
 
 import datetime as dt
@@ -10,10 +14,12 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Date,
     Insert,
@@ -25,9 +31,12 @@ from sqlalchemy import (
     func,
     select,
     text,
+    type_coerce,
+    union,
 )
+from sqlalchemy.exc import DBAPIError
 
-from etl_assets.warehouse.schema import TIMESTAMP, daily_sales, lock_for_writing, sales
+from etl_assets.warehouse.schema import TIMESTAMP, TOTAL, daily_sales, lock_for_writing, sales
 
 CENT = Decimal("0.01")
 
@@ -39,6 +48,14 @@ class DayBounds:
     day: dt.date
     start_utc: dt.datetime
     end_utc: dt.datetime
+
+
+@dataclass(frozen=True)
+class CompanyFailure:
+    """A company whose figures could not be written, and the database's reason."""
+
+    company: str
+    error: str
 
 
 @dataclass(frozen=True)
@@ -68,11 +85,33 @@ class DailySalesResult:
     seconds: float = 0.0
     deleted: list[CompanyDays] = field(default_factory=list)
     written: list[CompanyDays] = field(default_factory=list)
+    failed: list[CompanyFailure] = field(default_factory=list)
 
     @property
     def days(self) -> int:
         """Calendar days in the range, with or without sales."""
         return (self.last_day - self.first_day).days + 1
+
+
+def money_sum(dialect: str, amounts: ColumnElement[Any]) -> ColumnElement[Decimal]:
+    """The sum of amounts of money: exact on PostgreSQL, never "integer overflow" on SQLite.
+
+    SQLite keeps whole prices as integers, and its SUM of integers raises past 2**63 (two
+    lines of a billion units at 5,000,000,000.00 do); TOTAL adds as floats, which SQLite's
+    NUMERIC already is for every price with cents.
+    """
+    add = func.total if dialect == "sqlite" else func.sum
+    return type_coerce(add(amounts), TOTAL)
+
+
+def company_failure(company: str, exc: DBAPIError) -> CompanyFailure:
+    """The company's failure, with the driver's message on one line (e.g. `integer overflow`).
+
+    A lost connection is re-raised: it is no company's fault, and nothing more will work.
+    """
+    if exc.connection_invalidated:
+        raise exc
+    return CompanyFailure(company, " ".join(str(exc.orig).split()))
 
 
 def day_bounds(first_day: dt.date, last_day: dt.date, timezone: str) -> list[DayBounds]:
@@ -100,7 +139,7 @@ def daily_sales_in_range(
             func.count(),
             func.min(daily_sales.c.day),
             func.max(daily_sales.c.day),
-            func.sum(daily_sales.c.revenue),
+            money_sum(conn.dialect.name, daily_sales.c.revenue),
         )
         .where(in_range)
         .group_by(daily_sales.c.company)
@@ -118,38 +157,75 @@ def refresh_daily_sales(
     """Recompute `daily_sales` for every company and local day in the range.
 
     Runs in the caller's transaction: deletes the range, then inserts one row per company and
-    day that has sales (days without sales get no row), so re-running it is idempotent.
+    day that has sales (days without sales get no row), so re-running it is idempotent. A
+    company whose figures fail (an overflow, any database error on its rows) keeps its
+    previous rows and is listed in `failed`; every other company is refreshed all the same.
     """
     started = time.perf_counter()
     bounds = day_bounds(first_day, last_day, timezone)
     result = DailySalesResult(first_day=first_day, last_day=last_day, timezone=timezone)
     _lock(conn)
-    result.deleted = daily_sales_in_range(conn, first_day, last_day)
-    result.rows_deleted = conn.execute(
-        delete(daily_sales).where(daily_sales.c.day.between(first_day, last_day))
-    ).rowcount
+    before = daily_sales_in_range(conn, first_day, last_day)
     days = _bounds_table(conn)
     conn.execute(
         days.insert(),
         [{"day": b.day, "start_utc": b.start_utc, "end_utc": b.end_utc} for b in bounds],
     )
-    conn.execute(_insert_statement(days))
+    try:
+        result.rows_deleted = _replace(conn, days, bounds, company=None)
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+        # Some company's figures fail the statement for all: one statement per company.
+        for company in _companies(conn, bounds):
+            try:
+                result.rows_deleted += _replace(conn, days, bounds, company)
+            except DBAPIError as company_exc:
+                result.failed.append(company_failure(company, company_exc))
     days.drop(conn)
-    result.written = daily_sales_in_range(conn, first_day, last_day)
+    failed = [f.company for f in result.failed]
+    result.deleted = [c for c in before if c.company not in failed]
+    written = daily_sales_in_range(conn, first_day, last_day)
+    result.written = [c for c in written if c.company not in failed]
     totals = conn.execute(
         select(
             func.count(),
-            func.sum(daily_sales.c.revenue),
+            money_sum(conn.dialect.name, daily_sales.c.revenue),
             func.sum(daily_sales.c.units),
             func.sum(daily_sales.c.transactions),
             func.sum(daily_sales.c.returns),
-        ).where(daily_sales.c.day.between(first_day, last_day))
+        ).where(
+            daily_sales.c.day.between(first_day, last_day), daily_sales.c.company.not_in(failed)
+        )
     ).one()
     result.rows_written = int(totals[0])
     result.revenue = _money(totals[1])
     result.units, result.transactions, result.returns = (int(v or 0) for v in totals[2:])
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _replace(conn: Connection, days: Table, bounds: list[DayBounds], company: str | None) -> int:
+    """Delete and recompute the range of one company (None: all) in a savepoint, so that a
+    failure undoes only this; returns the rows deleted."""
+    in_range = daily_sales.c.day.between(bounds[0].day, bounds[-1].day)
+    if company is not None:
+        in_range = and_(in_range, daily_sales.c.company == company)
+    with conn.begin_nested():
+        deleted = conn.execute(delete(daily_sales).where(in_range)).rowcount
+        conn.execute(_insert_statement(days, conn.dialect.name, company))
+    return deleted
+
+
+def _companies(conn: Connection, bounds: list[DayBounds]) -> list[str]:
+    """The companies a refresh of the range concerns: with sales in it or rows to replace."""
+    selling = select(sales.c.company).where(
+        sales.c.sold_at >= bounds[0].start_utc, sales.c.sold_at < bounds[-1].end_utc
+    )
+    listed = select(daily_sales.c.company).where(
+        daily_sales.c.day.between(bounds[0].day, bounds[-1].day)
+    )
+    return sorted(conn.execute(union(selling, listed)).scalars())
 
 
 def _lock(conn: Connection) -> None:
@@ -174,13 +250,13 @@ def _bounds_table(conn: Connection) -> Table:
     return table
 
 
-def _insert_statement(days: Table) -> Insert:
+def _insert_statement(days: Table, dialect: str, company: str | None) -> Insert:
     quantity = sales.c.quantity
     source = (
         select(
             sales.c.company,
             days.c.day,
-            func.round(func.sum(quantity * sales.c.unit_price), 2),
+            func.round(money_sum(dialect, quantity * sales.c.unit_price), 2),
             func.sum(quantity),
             func.count(),
             func.sum(case((quantity < 0, 1), else_=0)),
@@ -190,6 +266,8 @@ def _insert_statement(days: Table) -> Insert:
         .join(sales, and_(sales.c.sold_at >= days.c.start_utc, sales.c.sold_at < days.c.end_utc))
         .group_by(sales.c.company, days.c.day)
     )
+    if company is not None:
+        source = source.where(sales.c.company == company)
     columns = ["company", "day", "revenue", "units", "transactions", "returns", "distinct_products"]
     return daily_sales.insert().from_select(columns, source)
 

@@ -1,9 +1,7 @@
-"""Run-failure alerts: scrub secrets, record the failure, post it to a webhook."""
+"""Run-failure alerts: record the failure, its message scrubbed of secrets; post it to a webhook."""
 
 import datetime as dt
 import json
-import os
-import re
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,23 +9,11 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl_assets.services.scrubbing import scrub
 from etl_assets.warehouse.schema import run_failures
 
-MASK = "***"
-SECRET_NAME_PARTS = ("PASSWORD", "SECRET", "TOKEN")
-# Shorter values are not credentials worth hiding, and masking them would garble ordinary text.
-MIN_SECRET_LENGTH = 4
 # An alert is a summary for a person; the full error stays in the Dagster run.
 MAX_MESSAGE_CHARS = 4000
-
-# `scheme://user:password@` — the password may itself contain `@` when not URL-encoded, so it
-# runs up to the last `@` before the host.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^/\s]*@")
-# `password=...` as in libpq connection strings or query parameters.
-_KEY_VALUE = re.compile(
-    r"(?P<head>\b(?:password|passwd|pwd|secret|token|api_key|apikey)\s*[=:]\s*)[^\s&;,'\"]+",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -50,26 +36,6 @@ class FailureRecord:
             "failed_at": self.failed_at.astimezone(dt.UTC).isoformat(),
             "dagster_url_path": f"/runs/{self.run_id}",
         }
-
-
-def scrub(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """`text` without URL passwords, `password=` values and secret environment values."""
-    env = os.environ if environ is None else environ
-    secrets = sorted(
-        {
-            value
-            for name, value in env.items()
-            if any(part in name.upper() for part in SECRET_NAME_PARTS)
-            and len(value) >= MIN_SECRET_LENGTH
-        },
-        # Longest first, so a secret that contains another is masked whole.
-        key=len,
-        reverse=True,
-    )
-    for secret in secrets:
-        text = text.replace(secret, MASK)
-    text = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", text)
-    return _KEY_VALUE.sub(rf"\g<head>{MASK}", text)
 
 
 def new_failure(

@@ -7,11 +7,19 @@ landing file it needs is never orphaned. Files follow the journal: a landing fil
 last row of its content, a rejects or rejected file (with its reason file) with its upload's
 row; a file no row refers to goes when its mtime is past the retention. `apply_cleanup` checks
 both again while it deletes, so an upload re-imported since the plan was made is left alone.
+
+The same bytes dropped again while a cleanup runs land under the same name. So a file is renamed
+aside before the journal is read the last time, and only that inode is deleted: a re-drop's row
+is written before its file is landed, so it is either seen (the file goes back) or its file
+arrives under the free name afterwards.
 """
 
+import contextlib
 import datetime as dt
+import itertools
 import os
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +40,13 @@ from sqlalchemy import (
 )
 
 from etl_assets.services.contract import upload_suffix
+from etl_assets.services.registration import REASON_SUFFIX
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing, uploads
 
 Area = Literal["landing", "rejected", "rejects"]
 AREAS: tuple[Area, ...] = ("landing", "rejected", "rejects")
 LIVE = ("received", "processing")
-REASON_SUFFIX = ".reason.txt"
 SAMPLE_SIZE = 20
 # Well under the bound-parameter limits of SQLite (32766) and PostgreSQL (65535).
 BATCH = 500
@@ -149,15 +157,62 @@ def apply_cleanup(engine: Engine, plan: CleanupPlan, *, force: bool) -> CleanupR
             result.uploads_deleted += conn.execute(statement).scalars().all()
     with engine.connect() as conn:
         references = _references(conn, plan.groups)
+    unreferenced = []
     for group, refs in zip(plan.groups, references, strict=True):
         if refs:
             result.files_kept += [str(p) for p in group.paths]
-            continue
-        for path in group.paths:
-            path.unlink(missing_ok=True)
-        result.files_deleted += len(group.paths)
-        result.bytes_freed += group.bytes
+        else:
+            unreferenced.append(group)
+    for start in range(0, len(unreferenced), BATCH):
+        _delete_files(engine, unreferenced[start : start + BATCH], result)
     return result
+
+
+def _delete_files(engine: Engine, groups: Sequence[FileGroup], result: CleanupResult) -> None:
+    """Set the groups' files aside, read the journal again, then delete them or put them back."""
+    aside: list[list[tuple[Path, Path]]] = []
+    try:
+        for group in groups:
+            aside.append([])
+            for path in group.paths:
+                if (moved := _set_aside(path)) is not None:
+                    aside[-1].append((path, moved))
+        with engine.connect() as conn:
+            references = _references(conn, groups)
+    except BaseException:
+        # Nothing was checked: every file set aside so far gets its name back.
+        for path, moved in itertools.chain.from_iterable(aside):
+            _put_back(moved, path)
+        raise
+    for group, moved_files, refs in zip(groups, aside, references, strict=True):
+        for path, moved in moved_files:
+            if refs:
+                _put_back(moved, path)
+            else:
+                moved.unlink()
+        if refs:
+            result.files_kept += [str(p) for p in group.paths]
+        else:
+            result.files_deleted += len(group.paths)
+            result.bytes_freed += group.bytes
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename a file to a hidden name of its own; None if it is gone already."""
+    renamed = path.with_name(f".cleanup-{uuid.uuid4().hex}")
+    try:
+        os.rename(path, renamed)
+    except FileNotFoundError:
+        return None
+    return renamed
+
+
+def _put_back(moved: Path, path: Path) -> None:
+    """Give a file set aside its name back, unless a newer file has it (same bytes if landed)."""
+    # A link, unlike a rename, never replaces what is there.
+    with contextlib.suppress(FileExistsError):
+        os.link(moved, path, follow_symlinks=False)
+    moved.unlink()
 
 
 def _stays(table: FromClause, cutoff: dt.datetime) -> ColumnElement[bool]:

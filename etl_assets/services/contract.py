@@ -13,6 +13,10 @@ COMPANY_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ACCEPTED_SUFFIXES = (".csv.gz", ".csv", ".xlsx")
 IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload")
 KEY_MAX_LENGTH = 64
+# The largest |quantity| of a sales line and the largest stock_quantity. Far above any real
+# line or stock, so what it rejects is a mistake (a barcode in the wrong column); and daily
+# and per-company sums stay within 64-bit integers (SQLite's SUM raises "integer overflow").
+QUANTITY_LIMIT = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ PRODUCTS = KindSpec(
         ColumnSpec("category", "text", False, "Category, 'uncategorized' when empty"),
         ColumnSpec("brand", "text", False, "Brand"),
         ColumnSpec("unit_price", "decimal", True, "Unit price, decimal(12,2) >= 0"),
-        ColumnSpec("stock_quantity", "integer", True, "Units in stock, >= 0"),
+        ColumnSpec("stock_quantity", "integer", True, "Units in stock, 0 to 1,000,000,000"),
     ),
     signature=frozenset({"name", "category", "brand", "stock_quantity"}),
 )
@@ -67,7 +71,12 @@ SALES = KindSpec(
         ),
         ColumnSpec("sold_at", "timestamp", True, "Time of sale (UTC in the warehouse)"),
         ColumnSpec("sku", "text", True, "SKU sold (may not exist in products yet)"),
-        ColumnSpec("quantity", "integer", True, "Units sold, negative for a return, never 0"),
+        ColumnSpec(
+            "quantity",
+            "integer",
+            True,
+            "Units sold, negative for a return, never 0, at most 1,000,000,000 either way",
+        ),
         ColumnSpec("unit_price", "decimal", True, "Unit price, decimal(12,2) >= 0"),
         ColumnSpec("customer_id", "text", False, "Customer id"),
     ),

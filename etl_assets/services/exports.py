@@ -3,7 +3,8 @@
 Rows are fetched in batches (`yield_per`: a server-side cursor on PostgreSQL) and written as they
 arrive, so memory does not grow with the table. Formats:
 
-- csv: a header row, then one row per record; NULL is an empty field.
+- csv: a header row, then one row per record, CRLF-terminated; NULL is an empty field; text a
+  spreadsheet would run as a formula starts with `'` (`csv_row`); numbers stay numbers.
 - json: one JSON array, written incrementally, one object per record and line; amounts are
   decimal strings (exact), timestamps ISO 8601 in UTC, NULL is `null`.
 - xml: `<export dataset=… company=…>` with one `<row>` per record and one child per column;
@@ -24,7 +25,7 @@ from sqlalchemy import ColumnElement, Engine, Result, Table, select
 
 from etl_assets.services.aggregates import day_bounds
 from etl_assets.services.contract import COMPANY_SLUG
-from etl_assets.services.output import atomic_open, xml_safe
+from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.warehouse.schema import UtcDateTime, daily_sales, products, sales
 
 FORMATS = ("csv", "json", "xml")
@@ -176,11 +177,13 @@ def _records(result: Result, stamps: Sequence[int]) -> Iterator[list[Any]]:
 def _write_csv(
     stream: IO[str], request: ExportRequest, columns: Sequence[str], rows: Iterable[list[Any]]
 ) -> int:
-    writer = csv.writer(stream, lineterminator="\n")
+    # CRLF (RFC 4180) and not "\n": the writer quotes a field holding a line terminator
+    # character, and a bare "\r" left unquoted would start a new row in a spreadsheet.
+    writer = csv.writer(stream, lineterminator="\r\n")
     writer.writerow(columns)
     count = 0
     for values in rows:
-        writer.writerow(values)
+        writer.writerow(csv_row(values))
         count += 1
     return count
 

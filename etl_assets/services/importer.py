@@ -16,6 +16,7 @@ from etl_assets.services import journal
 from etl_assets.services.batches import DONE, resolve_uploads
 from etl_assets.services.companies import CompanyOptions, options_for
 from etl_assets.services.contract import KINDS, Kind
+from etl_assets.services.output import csv_row
 from etl_assets.services.reading import StructuralError, iter_chunks, read_header
 from etl_assets.services.registration import landing_path
 from etl_assets.services.results import (
@@ -28,7 +29,13 @@ from etl_assets.services.results import (
 )
 from etl_assets.services.storage import StoragePaths
 from etl_assets.services.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
-from etl_assets.warehouse.loading import company_rows, loader_for, orphan_skus
+from etl_assets.warehouse.loading import (
+    Duplicate,
+    DuplicateCounts,
+    company_rows,
+    loader_for,
+    orphan_skus,
+)
 
 
 class _TooManyInvalid(Exception):
@@ -36,33 +43,74 @@ class _TooManyInvalid(Exception):
 
 
 class _RejectsWriter:
-    """Streams invalid rows to a CSV that only appears (atomically) if there were any."""
+    """Streams invalid rows to a CSV that only appears (atomically) if there were any.
 
-    def __init__(self, path: Path) -> None:
+    It writes at most `max_rows` problems, so a file of millions of bad rows costs seconds and
+    megabytes rather than minutes and a larger copy of itself; `count` and `reasons` cover
+    every problem, written or not.
+    """
+
+    def __init__(self, path: Path, max_rows: int) -> None:
         self.path = path
         self.partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        self.max_rows = max_rows
         self.count = 0
+        self.written = 0
         self.sample: list[RowError] = []
         self.reasons: Counter[tuple[str, str]] = Counter()
         self._file = None
         self._writer = None
 
+    @property
+    def room(self) -> int:
+        """How many more problems the file takes."""
+        return self.max_rows - self.written
+
+    def add(self, errors: pd.DataFrame) -> None:
+        """Count a chunk's problems (row, column, value, reason) and write those that fit."""
+        if errors.empty:
+            return
+        self.count += len(errors)
+        for (column, reason), problems in errors.groupby(["column", "reason"]).size().items():
+            self.reasons[column, reason] += int(problems)
+        self.write(_frame_errors(errors.head(self.room)))
+
+    def add_duplicates(
+        self, column: str, counts: DuplicateCounts, first: Iterable[Duplicate]
+    ) -> None:
+        """Count every later duplicate; write the `first` ones (as many as fit)."""
+        self.count += counts.rows
+        if counts.rows:
+            # Each repeated key is its own reason ("duplicate of row N"): only the key repeated
+            # most can be the most common problem.
+            reason = f"duplicate of row {counts.most_repeated_first_row}"
+            self.reasons[column, reason] += counts.most_repeated
+        self.write(RowError(d.row, column, d.key, f"duplicate of row {d.first_row}") for d in first)
+
     def write(self, errors: Iterable[RowError]) -> None:
+        """Write problems already counted, up to the limit."""
         for error in errors:
+            if self.written >= self.max_rows:
+                return
             if self._writer is None:
                 self.partial.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.partial, "w", newline="", encoding="utf-8")  # noqa: SIM115
                 self._writer = csv.writer(self._file)
                 self._writer.writerow(ERROR_COLUMNS)
-            self._writer.writerow([error.row, error.column, error.value, error.reason])
+            self._writer.writerow(csv_row([error.row, error.column, error.value, error.reason]))
             if len(self.sample) < SAMPLE_SIZE:
                 self.sample.append(error)
-            self.reasons[error.column, error.reason] += 1
-            self.count += 1
+            self.written += 1
 
     def most_common(self) -> str:
         (column, reason), count = self.reasons.most_common(1)[0]
         return f"most common problem: {column} {reason} ({count} rows)"
+
+    def truncation(self) -> str | None:
+        """What the journal says when the file does not hold every problem."""
+        if self.written == self.count:
+            return None
+        return f"rejects file truncated to {self.written:,} of {self.count:,} problems"
 
     def keep(self) -> str | None:
         if self._file is None:
@@ -168,7 +216,7 @@ def import_upload(
     """
     journal.mark_processing(engine, upload_id, run_id)
     result = ImportResult(upload_id=upload_id, company=company, kind=kind)
-    rejects = _RejectsWriter(rejects_path)
+    rejects = _RejectsWriter(rejects_path, settings.max_rejects_written)
     started = time.perf_counter()
     try:
         log.info(
@@ -221,7 +269,7 @@ def _load(
     log: logging.Logger,
 ) -> None:
     spec = KINDS[result.kind]
-    header = read_header(path, options, full_scan=True)
+    header = read_header(path, options, full_scan=True, settings=settings)
     result.encoding, result.delimiter = header.encoding, header.delimiter
     if header.kind != spec.name:
         raise StructuralError(
@@ -239,7 +287,7 @@ def _load(
     parse = None
     invalid = 0
     days: set[pd.Timestamp] = set()
-    for number, chunk in enumerate(iter_chunks(path, header, spec, settings.chunk_rows), start=1):
+    for number, chunk in enumerate(iter_chunks(path, header, spec, settings), start=1):
         if parse is None:
             parse = resolve_settings(
                 chunk,
@@ -252,20 +300,20 @@ def _load(
         validated = validate_chunk(chunk, spec, parse)
         if spec.name == "sales":
             days |= _local_days(validated.staged, settings.timezone)
-        rejects.write(_frame_errors(validated.errors))
+        rejects.add(validated.errors)
         loader.stage(validated.staged)
         result.rows_read += validated.rows_read
         invalid += validated.rows_invalid
         log.info(f"chunk {number}: {result.rows_read:,} rows read, {invalid:,} invalid so far")
     if result.rows_read == 0:
         raise StructuralError("no data rows (the file has a header only)")
-    rejects.write(
-        RowError(d.row, spec.key, d.key, f"duplicate of row {d.first_row}")
-        for d in loader.duplicates()
-    )
-    result.rows_rejected = invalid + loader.exclude_duplicates()
+    duplicates = loader.duplicate_counts()
+    rejects.add_duplicates(spec.key, duplicates, loader.duplicates(limit=rejects.room))
+    result.rows_rejected = invalid + duplicates.valid_rows
     if result.rows_rejected:
         result.messages.append(rejects.most_common())
+    if truncation := rejects.truncation():
+        result.messages.append(truncation)
     if result.extra_columns:
         result.messages.append(f"ignored extra columns: {', '.join(result.extra_columns)}")
     fraction = result.rows_rejected / result.rows_read
@@ -276,6 +324,7 @@ def _load(
             f"({fraction:.1%} > {settings.max_invalid_fraction:.1%}); nothing imported",
         )
         raise _TooManyInvalid
+    loader.exclude_duplicates()
     if spec.name == "sales":
         # A sale that moved to another day changes its old day's aggregates too.
         moved = pd.Series(list(loader.replaced_timestamps(result.company)), dtype=object)

@@ -8,6 +8,7 @@ from typing import Literal
 from sqlalchemy import Connection, Engine, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from etl_assets.services.scrubbing import scrub
 from etl_assets.warehouse.schema import uploads
 
 Status = Literal["received", "processing", "completed", "rejected", "failed", "duplicate"]
@@ -145,8 +146,14 @@ def mark_offered(conn: Connection, upload_id: str, message: str) -> None:
     conn.execute(
         uploads.update()
         .where(uploads.c.upload_id == upload_id)
-        .values(status="received", attempts=uploads.c.attempts + 1, message=message)
+        .values(status="received", attempts=uploads.c.attempts + 1, message=_bounded(message))
     )
+
+
+def _bounded(message: str) -> str:
+    """A failure message fit for the journal: secrets masked, then cut (cutting first could
+    leave a password whose URL no longer looks like one)."""
+    return scrub(message)[:2000]
 
 
 def mark_interrupted(engine: Engine, upload_id: str, message: str) -> None:
@@ -155,7 +162,7 @@ def mark_interrupted(engine: Engine, upload_id: str, message: str) -> None:
         conn.execute(
             uploads.update()
             .where(uploads.c.upload_id == upload_id)
-            .values(status="received", message=message[:2000], finished_at=None)
+            .values(status="received", message=_bounded(message), finished_at=None)
         )
 
 
@@ -164,7 +171,7 @@ def give_up(conn: Connection, upload_id: str, message: str) -> None:
     conn.execute(
         uploads.update()
         .where(uploads.c.upload_id == upload_id, uploads.c.status.in_(UNFINISHED))
-        .values(status="failed", message=message[:2000], finished_at=now_utc())
+        .values(status="failed", message=_bounded(message), finished_at=now_utc())
     )
 
 
@@ -192,5 +199,5 @@ def mark_failed(engine: Engine, upload_id: str, message: str) -> None:
         conn.execute(
             uploads.update()
             .where(uploads.c.upload_id == upload_id)
-            .values(status="failed", message=message[:2000], finished_at=now_utc())
+            .values(status="failed", message=_bounded(message), finished_at=now_utc())
         )

@@ -1,5 +1,8 @@
 """Dashboard metrics per company: computed in the warehouse, stored long-format, cached in Redis.
 
+Every company is computed by the same few queries, and stored in a transaction of its own; a
+company whose figures fail is reported and keeps its previous rows, the others are written.
+
 Redis layout (every key expires after `ttl_seconds`):
 
 - `<prefix>metrics:<company>`: one JSON document, `CompanyMetrics.as_json()`; money is a string
@@ -17,26 +20,27 @@ from zoneinfo import ZoneInfo
 
 from redis import Redis
 from sqlalchemy import (
+    ColumnElement,
     Connection,
+    Engine,
     Integer,
-    Numeric,
     Select,
     and_,
     func,
     literal,
     select,
-    type_coerce,
+    union,
     union_all,
 )
+from sqlalchemy.exc import DBAPIError
 
+from etl_assets.services.aggregates import CompanyFailure, company_failure, money_sum
 from etl_assets.warehouse.schema import TIMESTAMP, dashboard_metrics, products, sales
 
 WINDOW_DAYS = 30
 NO_BRAND = "(unbranded)"
 """The `products_by_brand` bucket of products without a brand."""
 
-# Sums can outgrow a price column's precision; on SQLite this also rounds float sums to cents.
-_TOTAL = Numeric(20, 2)
 _CENT = Decimal("0.01")
 
 
@@ -117,6 +121,22 @@ class CompanyMetrics:
         }
 
 
+@dataclass
+class ComputedMetrics:
+    """The figures of every company that could be computed, and why the others could not."""
+
+    metrics: list[CompanyMetrics] = field(default_factory=list)
+    failed: list[CompanyFailure] = field(default_factory=list)
+
+
+@dataclass
+class StoredMetrics:
+    """Rows written, and the companies whose rows stayed as they were."""
+
+    rows: int = 0
+    failed: list[CompanyFailure] = field(default_factory=list)
+
+
 def _money(value: Decimal) -> str:
     return str(value.quantize(_CENT))
 
@@ -130,7 +150,7 @@ def _local_midnight(day: dt.date, zone: ZoneInfo) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
 
 
-def _daily_query(today: dt.date, timezone: str) -> Select:
+def _daily_query(today: dt.date, timezone: str, dialect: str) -> Select:
     """Net revenue and units per company and window day (by index), days without sales absent.
 
     Day boundaries are local midnights converted to UTC here, so the SQL is the same on every
@@ -153,7 +173,7 @@ def _daily_query(today: dt.date, timezone: str) -> Select:
         select(
             sales.c.company,
             windows.c.day_index,
-            type_coerce(func.sum(sales.c.quantity * sales.c.unit_price), _TOTAL),
+            money_sum(dialect, sales.c.quantity * sales.c.unit_price),
             func.sum(sales.c.quantity),
         )
         .select_from(
@@ -170,13 +190,41 @@ def _daily_query(today: dt.date, timezone: str) -> Select:
 
 def compute_metrics(
     conn: Connection, *, today: dt.date, timezone: str, computed_at: dt.datetime
-) -> list[CompanyMetrics]:
+) -> ComputedMetrics:
     """Metrics of every company with products or sales, sorted by company.
 
     `today` is a day in `timezone`; the daily series covers the 30 days ending `today`, every
     day present (0 when nothing was sold). Revenue is sum(quantity * unit_price), net of
-    returns; products without a brand count under `NO_BRAND`.
+    returns; products without a brand count under `NO_BRAND`. When a query fails for all (one
+    company's sum overflows, say), the queries run again company by company, and a company
+    that still fails is listed in `failed`.
     """
+    try:
+        # A savepoint: on PostgreSQL a failed statement would abort the caller's transaction.
+        with conn.begin_nested():
+            return ComputedMetrics(_compute(conn, today, timezone, computed_at, only=None))
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise
+    result = ComputedMetrics()
+    companies = union(select(products.c.company), select(sales.c.company))
+    for company in sorted(conn.execute(companies).scalars()):
+        try:
+            with conn.begin_nested():
+                result.metrics += _compute(conn, today, timezone, computed_at, company)
+        except DBAPIError as exc:
+            result.failed.append(company_failure(company, exc))
+    return result
+
+
+def _compute(
+    conn: Connection,
+    today: dt.date,
+    timezone: str,
+    computed_at: dt.datetime,
+    only: str | None,
+) -> list[CompanyMetrics]:
+    """The metrics of the company `only`, or of every company (None)."""
     metrics: dict[str, CompanyMetrics] = {}
 
     def entry(company: str) -> CompanyMetrics:
@@ -188,12 +236,16 @@ def compute_metrics(
             )
         return metrics[company]
 
+    def of(query: Select, company_column: ColumnElement[str]) -> Select:
+        return query if only is None else query.where(company_column == only)
+
+    dialect = conn.dialect.name
     stock = select(
         products.c.company,
         func.count(),
-        type_coerce(func.sum(products.c.unit_price * products.c.stock_quantity), _TOTAL),
+        money_sum(dialect, products.c.unit_price * products.c.stock_quantity),
     ).group_by(products.c.company)
-    for company, count, value in conn.execute(stock):
+    for company, count, value in conn.execute(of(stock, products.c.company)):
         entry(company).products = int(count)
         entry(company).stock_value = value
 
@@ -201,16 +253,18 @@ def compute_metrics(
         sales.c.company,
         func.count(),
         func.sum(sales.c.quantity),
-        type_coerce(func.sum(sales.c.quantity * sales.c.unit_price), _TOTAL),
+        money_sum(dialect, sales.c.quantity * sales.c.unit_price),
     ).group_by(sales.c.company)
-    for company, count, units, revenue in conn.execute(totals):
+    for company, count, units, revenue in conn.execute(of(totals, sales.c.company)):
         entry(company).transactions = int(count)
         entry(company).units = int(units)
         entry(company).revenue = revenue
 
     daily: dict[tuple[str, int], tuple[Decimal, int]] = {
         (company, index): (revenue, int(units))
-        for company, index, revenue, units in conn.execute(_daily_query(today, timezone))
+        for company, index, revenue, units in conn.execute(
+            of(_daily_query(today, timezone, dialect), sales.c.company)
+        )
     }
 
     brand = func.coalesce(products.c.brand, NO_BRAND)
@@ -221,7 +275,7 @@ def compute_metrics(
         query = select(products.c.company, column, func.count()).group_by(
             products.c.company, column
         )
-        for company, key, count in conn.execute(query):
+        for company, key, count in conn.execute(of(query, products.c.company)):
             getattr(entry(company), attribute)[key] = int(count)
 
     days = window_days(today)
@@ -233,21 +287,26 @@ def compute_metrics(
     return [metrics[company] for company in sorted(metrics)]
 
 
-def store_metrics(conn: Connection, metrics: Sequence[CompanyMetrics]) -> int:
-    """Replace these companies' rows in `dashboard_metrics` (atomic in the caller's transaction).
+def store_metrics(engine: Engine, metrics: Sequence[CompanyMetrics]) -> StoredMetrics:
+    """Replace each company's rows in `dashboard_metrics`, one company per transaction.
 
-    Returns the number of rows written.
+    A company whose rows fail keeps its previous rows and is listed in `failed`; the other
+    companies are committed all the same.
     """
-    if not metrics:
-        return 0
-    conn.execute(
-        dashboard_metrics.delete().where(
-            dashboard_metrics.c.company.in_([m.company for m in metrics])
-        )
-    )
-    rows = [row for m in metrics for row in m.rows()]
-    conn.execute(dashboard_metrics.insert(), rows)
-    return len(rows)
+    result = StoredMetrics()
+    for entry in metrics:
+        rows = entry.rows()
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    dashboard_metrics.delete().where(dashboard_metrics.c.company == entry.company)
+                )
+                conn.execute(dashboard_metrics.insert(), rows)
+        except DBAPIError as exc:
+            result.failed.append(company_failure(entry.company, exc))
+        else:
+            result.rows += len(rows)
+    return result
 
 
 def metrics_key(prefix: str, company: str) -> str:

@@ -1,9 +1,10 @@
-"""Writing output files: atomically (readers see the old file or the whole new one), XML-safe."""
+"""Writing output files: atomically (readers see the old file or the whole new one), XML-safe,
+and CSV cells that spreadsheets will not run as formulas."""
 
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -11,11 +12,33 @@ from typing import IO, Any
 # Characters XML 1.0 cannot carry even escaped; ElementTree and XMLGenerator write them as is,
 # which makes the document unparseable.
 _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Spreadsheets run a cell starting with one of these as a formula ("CSV injection"): a customer's
+# `=HYPERLINK(...)` or `=cmd|...` would act on the desk of whoever opens the file.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# ...except a plain signed number, which they read as that number.
+_PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def xml_safe(text: str) -> str:
     """`text` with the characters XML cannot hold replaced by U+FFFD."""
     return _XML_ILLEGAL.sub("\ufffd", text)
+
+
+def csv_row(values: Iterable[object]) -> list[object]:
+    """The cells of a CSV row, with text a spreadsheet would run as a formula prefixed by `'`.
+
+    The OWASP remedy, applied to text only: numbers, dates and NULL come from typed columns and
+    are written as they are, as is text that is a plain number (`-3`), so negative figures stay
+    numbers in a spreadsheet. Every CSV the product writes goes through this function.
+    """
+    return [
+        f"'{value}"
+        if isinstance(value, str)
+        and value.startswith(_FORMULA_START)
+        and not _PLAIN_NUMBER.fullmatch(value)
+        else value
+        for value in values
+    ]
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from sqlalchemy import (
 
 from etl_assets.services.aggregates import day_bounds
 from etl_assets.services.contract import COMPANY_SLUG
-from etl_assets.services.output import atomic_open, xml_safe
+from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 
 TOP_PRODUCTS = 10
@@ -245,9 +245,11 @@ def report_csv(report: MonthlyReport) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["day", *FIGURES])
+    # Figures go in as numbers (Decimal, int), so `csv_row` keeps a negative one a number.
     for day in report.days:
-        writer.writerow([day.day.isoformat(), *_values(day)])
-    writer.writerow(["total", *_values(report.totals)])
+        writer.writerow(csv_row([day.day, *(getattr(day, name) for name in FIGURES)]))
+    totals = report.totals
+    writer.writerow(csv_row(["total", *(getattr(totals, name) for name in FIGURES)]))
     return buffer.getvalue()
 
 

@@ -21,6 +21,16 @@ class ImportSettings:
     chunk_rows: int = 100_000
     # Calendar days (of daily aggregates) are counted in this timezone.
     timezone: str = "UTC"
+    # Bounds on what one upload may cost, so a small bad file is rejected in seconds instead of
+    # taking minutes or gigabytes. Bytes after decompression (for .xlsx, of its XML parts).
+    max_upload_bytes: int = 2 * 1024**3
+    # A row as pandas or openpyxl hold it: characters of a CSV line (and of a quoted field
+    # spanning lines); bytes of XML of an .xlsx row or shared string.
+    max_row_size: int = 1024**2
+    # Cells of the .xlsx sheet, as declared by its dimension and as read.
+    max_sheet_cells: int = 10_000_000
+    # Problems written to the rejects file; the counts in the journal stay exact.
+    max_rejects_written: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,43 @@
 """Row validation: coerce text cells to typed columns, then check the contract with pandera.
 
-Type problems (missing value, not a number, not ISO 8601) are found while coercing; value
-rules (ranges, lengths, quantity not zero) live in the pandera schemas below. Duplicate keys
-are checked over the whole file in the warehouse staging table, not here, because a chunk
-cannot see its neighbours.
+Type problems (missing value, not a number, more decimals than the column keeps, beyond a
+64-bit integer, not ISO 8601, a date pandas cannot hold) are found while coercing, from the
+text of each cell; value rules (ranges, lengths, quantity not zero) live in the pandera
+schemas below. Duplicate keys are checked over the whole file in the warehouse staging table,
+not here, because a chunk cannot see its neighbours.
 """
 
+import datetime as dt
+import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from etl_assets.services.contract import KEY_MAX_LENGTH, PRODUCTS, KindSpec
+from etl_assets.services.contract import KEY_MAX_LENGTH, PRODUCTS, QUANTITY_LIMIT, KindSpec
 
 MAX_PRICE = 9_999_999_999.99
-MAX_QUANTITY = 2**63 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 ERROR_COLUMNS = ["row", "column", "value", "reason"]
+NOT_A_NUMBER = "not a number"
+NOT_AN_INTEGER = "not an integer"
+TOO_MANY_DECIMALS = "must have at most 2 decimal places"
+OUT_OF_BIGINT = f"integer out of range ({BIGINT_MIN}..{BIGINT_MAX})"
+# pandas holds instants from 1677-09-21 to 2262-04-11 (nanoseconds in 64 bits) and wraps
+# around silently when a UTC offset or a timezone conversion crosses an end. Cut to whole
+# years, no offset or local day of an accepted value comes near either end.
+EARLIEST_DATE = pd.Timestamp("1678-01-01", tz="UTC")
+END_DATE = pd.Timestamp("2262-01-01", tz="UTC")
+DATE_OUT_OF_RANGE = "date out of range (1678-01-01..2261-12-31 UTC)"
+# A float tells apart any two decimals of at most 15 significant digits (DBL_DIG), so a
+# number written in at most 15 characters is judged exactly through its float; longer cells,
+# and the few the floats cannot decide, are judged as Decimals.
+_FLOAT_EXACT_CHARS = 15
+_FLOAT_EXACT_INTEGER = 2**53
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+_MAX_PRICE_EXACT = Decimal(str(MAX_PRICE))
 # pandas' "ISO8601" format also takes `2025/03/04`; the contract does not.
 _ISO_8601 = (
     r"\d{4}-?\d{2}-?\d{2}"
@@ -55,16 +76,11 @@ class ValidatedChunk:
         return int(self.errors["row"].nunique())
 
 
-def _two_decimals(series: pd.Series) -> pd.Series:
-    cents = series * 100
-    return (cents - cents.round()).abs() < 1e-6
-
-
 def _price_checks() -> list[pa.Check]:
+    # The 2 decimal places are checked exactly while parsing (`parse_money`).
     return [
         pa.Check.ge(0, error="must be >= 0"),
         pa.Check.le(MAX_PRICE, error="must be <= 9999999999.99"),
-        pa.Check(_two_decimals, error="must have at most 2 decimal places"),
     ]
 
 
@@ -83,7 +99,12 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "brand": pa.Column(None, nullable=True),
             "unit_price": pa.Column(float, _price_checks(), nullable=True),
             "stock_quantity": pa.Column(
-                "Int64", pa.Check.ge(0, error="must be >= 0"), nullable=True
+                "Int64",
+                [
+                    pa.Check.ge(0, error="must be >= 0"),
+                    pa.Check.le(QUANTITY_LIMIT, error=f"must be <= {QUANTITY_LIMIT:,}"),
+                ],
+                nullable=True,
             ),
         },
         name="products",
@@ -93,7 +114,18 @@ SCHEMAS: dict[str, pa.DataFrameSchema] = {
             "transaction_id": pa.Column(None, _key_check(), nullable=True),
             "sold_at": pa.Column(pd.DatetimeTZDtype(tz="UTC"), nullable=True),
             "sku": pa.Column(None, _key_check(), nullable=True),
-            "quantity": pa.Column("Int64", pa.Check.ne(0, error="must not be 0"), nullable=True),
+            "quantity": pa.Column(
+                "Int64",
+                [
+                    pa.Check.ne(0, error="must not be 0"),
+                    pa.Check.in_range(
+                        -QUANTITY_LIMIT,
+                        QUANTITY_LIMIT,
+                        error=f"must be between {-QUANTITY_LIMIT:,} and {QUANTITY_LIMIT:,}",
+                    ),
+                ],
+                nullable=True,
+            ),
             "unit_price": pa.Column(float, _price_checks(), nullable=True),
             "customer_id": pa.Column(None, nullable=True),
         },
@@ -169,20 +201,19 @@ def _coerce(
 ) -> tuple[pd.Series, str | pd.Series]:
     """Typed values (NA where a cell does not parse) and the reason, or a reason per row."""
     if kind == "decimal":
-        return _decimal(values, settings.decimal), "not a number"
+        return parse_money(values, settings.decimal)
     if kind == "integer":
-        numbers = pd.to_numeric(_decimal_text(values, settings.decimal), errors="coerce")
-        integral = (
-            numbers.notna() & np.isfinite(numbers) & (numbers % 1 == 0) & (numbers.abs() < 2**63)
-        )
-        return numbers.where(integral).astype("Int64"), "not an integer"
+        return parse_integers(values, settings.decimal)
     if settings.date_format:
         reason = f"does not match date format {settings.date_format!r}"
     else:
         reason = "not an ISO 8601 date or datetime (set date_format for this company)"
-    parsed, not_local = _timestamps(values, settings)
+    parsed, not_local, out_of_range = _timestamps(values, settings)
     local_reason = f"does not exist or is ambiguous in {settings.timezone} (clock change)"
-    return parsed, pd.Series(np.where(not_local, local_reason, reason), index=values.index)
+    reasons = np.select(
+        [not_local.to_numpy(), out_of_range.to_numpy()], [local_reason, DATE_OUT_OF_RANGE], reason
+    )
+    return parsed, pd.Series(reasons, index=values.index)
 
 
 def _decimal_text(values: pd.Series, decimal: str) -> pd.Series:
@@ -193,16 +224,100 @@ def _decimal_text(values: pd.Series, decimal: str) -> pd.Series:
     return converted.where(well_formed, "x")
 
 
-def _decimal(values: pd.Series, decimal: str) -> pd.Series:
-    numbers = pd.to_numeric(_decimal_text(values, decimal), errors="coerce").astype(float)
-    return numbers.where(np.isfinite(numbers))
+def parse_money(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
+    """Amounts as floats, NaN where a cell is not a number or has more than 2 decimal places.
+
+    Judged from the text, never rounded: each float returned is the one nearest an exact decimal
+    of at most 12 digits, so it reads back as that decimal (`repr`, NUMERIC(12,2)). Amounts
+    beyond 10 integer digits are returned as they are, for the range check to report. The
+    second series is the reason where a value is NaN.
+    """
+    cells = _decimal_text(text, decimal).to_numpy()
+    numbers = _floats(cells)
+    decided = _short(cells) & np.isfinite(numbers)
+    in_range = np.abs(numbers) <= MAX_PRICE
+    kept = np.where(in_range, numbers, 0.0)
+    two_places = ~in_range | (np.round(kept * 100) / 100 == kept)
+    values = np.where(decided & two_places, numbers, np.nan)
+    # Filled only where a value is NaN: a reason per cell would cost more than the parsing.
+    reasons = np.empty(len(cells), dtype=object)
+    reasons[~decided] = NOT_A_NUMBER
+    reasons[decided & ~two_places] = TOO_MANY_DECIMALS
+    for i in np.flatnonzero(~decided & (cells != "")):
+        values[i], reasons[i] = _exact_money(cells[i])
+    return pd.Series(values, index=text.index), pd.Series(reasons, index=text.index)
 
 
-def _timestamps(values: pd.Series, settings: ParseSettings) -> tuple[pd.Series, pd.Series]:
+def parse_integers(text: pd.Series, decimal: str) -> tuple[pd.Series, pd.Series]:
+    """Whole numbers as exact Int64, NA where a cell is none or does not fit in 64 bits.
+
+    `3.0` and `1e3` are whole numbers, `1.0000000000000001` is not; no cell goes through a
+    float that could round it. The second series is the reason where a value is NA.
+    """
+    cells = _decimal_text(text, decimal).to_numpy()
+    numbers = _floats(cells)
+    decided = _short(cells) & (np.abs(numbers) < _FLOAT_EXACT_INTEGER)
+    whole = decided & (np.where(decided, numbers, 0.0) % 1 == 0)
+    values = np.where(whole, numbers, 0).astype(np.int64)
+    missing = ~whole
+    reasons = np.empty(len(cells), dtype=object)
+    reasons[missing] = NOT_AN_INTEGER
+    for i in np.flatnonzero(~decided & (cells != "")):
+        number, reason = _exact_integer(cells[i])
+        if number is None:
+            reasons[i] = reason
+        else:
+            values[i], missing[i] = number, False
+    integers = pd.arrays.IntegerArray(values, missing)
+    return pd.Series(integers, index=text.index), pd.Series(reasons, index=text.index)
+
+
+def _floats(cells: np.ndarray) -> np.ndarray:
+    return pd.to_numeric(cells, errors="coerce").astype(float)
+
+
+def _short(cells: np.ndarray) -> np.ndarray:
+    lengths = np.fromiter(map(len, cells), dtype=np.int64, count=len(cells))
+    return lengths <= _FLOAT_EXACT_CHARS
+
+
+def _exact_money(cell: str) -> tuple[float, str]:
+    """The amount and, where it is NaN, why; exact whatever the cell's length."""
+    if not _NUMBER.fullmatch(cell):
+        return np.nan, NOT_A_NUMBER
+    number = Decimal(cell)
+    if abs(number) <= _MAX_PRICE_EXACT and _digits_beyond(number, 2):
+        return np.nan, TOO_MANY_DECIMALS
+    return float(number), ""
+
+
+def _exact_integer(cell: str) -> tuple[int | None, str]:
+    """The integer or, where it is None, why; exact whatever the cell's length."""
+    if not _NUMBER.fullmatch(cell):
+        return None, NOT_AN_INTEGER
+    number = Decimal(cell)
+    if _digits_beyond(number, 0):
+        return None, NOT_AN_INTEGER
+    if not BIGINT_MIN <= number <= BIGINT_MAX:
+        return None, OUT_OF_BIGINT
+    return int(number), ""
+
+
+def _digits_beyond(number: Decimal, places: int) -> bool:
+    """Whether the exact value has a nonzero digit more than `places` places after the point."""
+    # From the digits themselves: arithmetic would round to the context's 28 digits.
+    _, digits, exponent = number.as_tuple()
+    return exponent < -places and any(digits[exponent + places :])
+
+
+def _timestamps(
+    values: pd.Series, settings: ParseSettings
+) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Parse to UTC; naive values are in the company's timezone.
 
     Also returns where a naive value parsed but names no single instant locally (a skipped or
-    repeated hour at a daylight-saving change), so the error can say so.
+    repeated hour at a daylight-saving change), and where a value is a date outside
+    `EARLIEST_DATE`..`END_DATE`, so the error can say so.
     """
     result = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
     not_local = pd.Series(False, index=values.index)
@@ -220,14 +335,55 @@ def _timestamps(values: pd.Series, settings: ParseSettings) -> tuple[pd.Series, 
         fmt, aware_fmt = settings.date_format, settings.date_format
     else:
         fmt, aware_fmt = "ISO8601", "ISO8601"
+    far = pd.Series(False, index=values.index)
     if aware.any():
+        # A value that its offset carries past an end of pandas' range wraps around to the
+        # other end, which the range check below rejects too.
         result[aware] = pd.to_datetime(values[aware], format=aware_fmt, errors="coerce", utc=True)
     if naive.any():
         local = pd.to_datetime(values[naive], format=fmt, errors="coerce")
-        localized = local.dt.tz_localize(settings.timezone, ambiguous="NaT", nonexistent="NaT")
+        # Localising could wrap around near pandas' ends too; a day away, a value is out anyway.
+        day = pd.Timedelta(days=1)
+        near = local.between(
+            EARLIEST_DATE.tz_localize(None) - day, END_DATE.tz_localize(None) + day
+        )
+        localized = local.where(near).dt.tz_localize(
+            settings.timezone, ambiguous="NaT", nonexistent="NaT"
+        )
         result[naive] = localized.dt.tz_convert("UTC")
-        not_local[naive] = (local.notna() & localized.isna()).to_numpy(dtype=bool)
-    return result, not_local
+        not_local[naive] = (near & localized.isna()).to_numpy(dtype=bool)
+        far[naive] = (local.notna() & ~near).to_numpy(dtype=bool)
+    out_of_range = far | (result < EARLIEST_DATE) | (result >= END_DATE)
+    result[out_of_range] = pd.NaT
+    unparsed = present & result.isna() & ~not_local & ~out_of_range
+    if unparsed.any():
+        beyond = _dates_beyond_pandas(values[unparsed], settings.date_format)
+        out_of_range |= beyond.reindex(values.index, fill_value=False)
+    return result, not_local, out_of_range
+
+
+def _dates_beyond_pandas(values: pd.Series, date_format: str | None) -> pd.Series:
+    """Which of these values pandas could not parse are dates in years it cannot hold.
+
+    An ISO 8601 value starts with its year: with a year of the same kind (leap or not) in its
+    place, it parses unless something else is wrong. Python reads the years 1-9999 in any
+    format, so a configured format is tried with it.
+    """
+    if date_format:
+        years = values.map(lambda value: _year(value, date_format))
+        kept = range(EARLIEST_DATE.year, END_DATE.year)
+        return years.map(lambda year: year is not None and year not in kept).astype(bool)
+    years = values.str.slice(0, 4).astype(int)
+    leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
+    moved = pd.Series(np.where(leap, "2000", "2001"), index=values.index) + values.str.slice(4)
+    return pd.to_datetime(moved, format="ISO8601", errors="coerce", utc=True).notna()
+
+
+def _year(value: str, date_format: str) -> int | None:
+    try:
+        return dt.datetime.strptime(value, date_format).year
+    except ValueError:
+        return None
 
 
 def _has_shape(values: pd.Series, shapes: tuple[str, ...]) -> np.ndarray:

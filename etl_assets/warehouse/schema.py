@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Engine,
+    Float,
     Integer,
     MetaData,
     Numeric,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     inspect,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData()
 
@@ -52,6 +54,10 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
 
 KEY = String(64)
 MONEY = Numeric(12, 2)
+# Sums of money (a day's revenue, a stock value). A line is at most 10^9 units at 10^10 each
+# (the contract), so 36 integer digits hold 10^17 such lines; 38 is also the widest decimal
+# most databases and warehouses that read exports take.
+TOTAL = Numeric(38, 2)
 TIMESTAMP = UtcDateTime()
 
 products = Table(
@@ -117,7 +123,7 @@ dashboard_metrics = Table(
     Column("company", String(63), primary_key=True),
     Column("metric", String(64), primary_key=True),
     Column("dimension", Text, primary_key=True),
-    Column("value", Numeric(20, 2), nullable=False),
+    Column("value", TOTAL, nullable=False),
     Column("computed_at", TIMESTAMP, nullable=False),
 )
 
@@ -126,8 +132,7 @@ daily_sales = Table(
     metadata,
     Column("company", String(63), primary_key=True),
     Column("day", Date, primary_key=True),
-    # A day's revenue sums many prices of up to 12 digits, so it gets two more.
-    Column("revenue", Numeric(14, 2), nullable=False),
+    Column("revenue", TOTAL, nullable=False),
     Column("units", BigInteger, nullable=False),
     Column("transactions", Integer, nullable=False),
     Column("returns", Integer, nullable=False),
@@ -188,6 +193,7 @@ def create_schema(engine: Engine) -> None:
     """Create missing tables and columns; safe to call on every start and from many processes."""
     metadata.create_all(engine, checkfirst=True)
     _add_missing_columns(engine)
+    _widen_decimal_columns(engine)
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -217,3 +223,52 @@ def _add_missing_columns(engine: Engine) -> None:
             except DBAPIError:
                 if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
                     raise
+
+
+def _widen_decimal_columns(engine: Engine) -> None:
+    """Widen decimal columns that a warehouse created narrower than `metadata` (PostgreSQL).
+
+    SQLite's declared types do not limit what a column holds, so it needs nothing. Only ever
+    widens; on PostgreSQL a wider numeric rewrites no rows. As in `_add_missing_columns`, the
+    DDL is built from `metadata` only, and a process that loses a race finds the work done.
+    """
+    if engine.dialect.name != "postgresql":
+        return
+    preparer = engine.dialect.identifier_preparer
+    for table in metadata.sorted_tables:
+        existing = _column_types(engine, table)
+        for column in table.columns:
+            if not _narrower(existing.get(column.name), column.type):
+                continue
+            ddl = (
+                f"ALTER TABLE {preparer.format_table(table)} "
+                f"ALTER COLUMN {preparer.format_column(column)} "
+                f"TYPE {column.type.compile(engine.dialect)}"
+            )
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except DBAPIError:
+                if _narrower(_column_types(engine, table).get(column.name), column.type):
+                    raise
+
+
+def _column_types(engine: Engine, table: Table) -> dict[str, TypeEngine[Any]]:
+    return {c["name"]: c["type"] for c in inspect(engine).get_columns(table.name)}
+
+
+def _narrower(current: TypeEngine[Any] | None, wanted: TypeEngine[Any]) -> bool:
+    """Whether both are decimals and `wanted` holds every value `current` holds, and more."""
+    if not isinstance(current, Numeric) or not isinstance(wanted, Numeric):
+        return False
+    if isinstance(current, Float) or isinstance(wanted, Float):
+        return False
+    if current.precision is None or wanted.precision is None:
+        # An unconstrained numeric already holds anything.
+        return False
+    current_scale, wanted_scale = current.scale or 0, wanted.scale or 0
+    return (
+        wanted_scale >= current_scale
+        and wanted.precision - wanted_scale >= current.precision - current_scale
+        and (wanted.precision, wanted_scale) != (current.precision, current_scale)
+    )

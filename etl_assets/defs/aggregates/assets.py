@@ -1,6 +1,7 @@
 """The `daily_sales` asset: per company and local day, recomputed in the warehouse."""
 
 import datetime as dt
+from collections.abc import Sequence
 
 import dagster as dg
 
@@ -8,7 +9,12 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import WarehouseResource
-from etl_assets.services.aggregates import CompanyDays, DailySalesResult, refresh_daily_sales
+from etl_assets.services.aggregates import (
+    CompanyDays,
+    CompanyFailure,
+    DailySalesResult,
+    refresh_daily_sales,
+)
 
 DAILY_SALES = dg.AssetKey("daily_sales")
 PREVIEW_COMPANIES = 10
@@ -17,7 +23,7 @@ COLUMN_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("company", "text", description="Tenant"),
         dg.TableColumn("day", "date", description="Calendar day in the calendar's timezone"),
-        dg.TableColumn("revenue", "decimal(14,2)", description="Sum of quantity × unit price"),
+        dg.TableColumn("revenue", "decimal(38,2)", description="Sum of quantity × unit price"),
         dg.TableColumn("units", "bigint", description="Sum of quantity (returns subtract)"),
         dg.TableColumn("transactions", "integer", description="Sales rows, returns included"),
         dg.TableColumn("returns", "integer", description="Rows with a negative quantity"),
@@ -37,6 +43,22 @@ def companies_markdown(rows: list[CompanyDays]) -> dg.MetadataValue:
     if len(ranked) > PREVIEW_COMPANIES:
         lines.append(f"| … {len(ranked) - PREVIEW_COMPANIES} more | | | | |")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def companies_failure(what: str, failed: Sequence[CompanyFailure]) -> dg.Failure:
+    """The step's failure once every other company was written: names the failed companies.
+
+    Not retried: a retry would recompute every company only to hit the same figures again.
+    """
+    count = f"{len(failed)} {'company' if len(failed) == 1 else 'companies'}"
+    names = ", ".join(f.company for f in failed[:PREVIEW_COMPANIES])
+    if len(failed) > PREVIEW_COMPANIES:
+        names += f" and {len(failed) - PREVIEW_COMPANIES} more"
+    return dg.Failure(
+        description=f"{what} not refreshed for {count} (the others were written): {names}",
+        metadata={f.company: f.error for f in failed[:PREVIEW_COMPANIES]},
+        allow_retries=False,
+    )
 
 
 def refresh_metadata(result: DailySalesResult) -> dict[str, object]:
@@ -89,6 +111,8 @@ def build_daily_sales(calendar: Calendar) -> dg.AssetsDefinition:
             f"{result.rows_deleted} rows deleted, {result.rows_written} written, "
             f"revenue {result.revenue} in {result.seconds:.2f}s"
         )
+        if result.failed:
+            raise companies_failure(f"daily_sales {first_day}..{last_day}", result.failed)
         return dg.MaterializeResult(metadata=refresh_metadata(result))
 
     return daily_sales

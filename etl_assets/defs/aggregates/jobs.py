@@ -5,7 +5,12 @@ import datetime as dt
 import dagster as dg
 from pydantic import Field
 
-from etl_assets.defs.aggregates.assets import DAILY_SALES, companies_markdown, refresh_metadata
+from etl_assets.defs.aggregates.assets import (
+    DAILY_SALES,
+    companies_failure,
+    companies_markdown,
+    refresh_metadata,
+)
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
@@ -84,6 +89,8 @@ def build_rebuild_aggregates_job(calendar: Calendar) -> dg.JobDefinition:
             f"rebuilt daily_sales {first}..{last}: {result.rows_deleted} rows deleted, "
             f"{result.rows_written} written"
         )
+        if result.failed:
+            raise companies_failure(f"daily_sales {first}..{last}", result.failed)
         return dg.Output(None, metadata={"dry_run": False, **refresh_metadata(result)})
 
     @dg.job(

@@ -6,7 +6,8 @@ import dagster as dg
 
 from etl_assets.defs.calendar import Domain
 from etl_assets.defs.resources import WarehouseResource, WebhookResource
-from etl_assets.services.alerts import new_failure, record_failure, scrub
+from etl_assets.services.alerts import new_failure, record_failure
+from etl_assets.services.scrubbing import scrub
 
 
 def _error(event: dg.DagsterEvent) -> tuple[str, str]:

@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from etl_assets.defs.aggregates.assets import companies_failure
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
@@ -32,7 +33,7 @@ COLUMN_SCHEMA = dg.TableSchema(
         dg.TableColumn(
             "dimension", "text", description="'' for plain figures, else day/category/brand"
         ),
-        dg.TableColumn("value", "decimal(20,2)", description="The figure"),
+        dg.TableColumn("value", "decimal(38,2)", description="The figure"),
         dg.TableColumn("computed_at", "timestamptz", description="When the refresh ran"),
     ]
 )
@@ -90,13 +91,14 @@ def build_dashboard_metrics(calendar: Calendar) -> dg.AssetsDefinition:
         today = now.astimezone(ZoneInfo(calendar.timezone)).date()
         engine = warehouse.engine()
         with engine.connect() as conn:
-            metrics = compute_metrics(
+            computed = compute_metrics(
                 conn, today=today, timezone=calendar.timezone, computed_at=now
             )
-        # A separate write transaction: on SQLite, reading first and writing later in one
+        # Written after the reads are over: on SQLite, reading first and writing later in one
         # transaction fails outright if another writer commits in between.
-        with engine.begin() as conn:
-            rows = store_metrics(conn, metrics)
+        stored = store_metrics(engine, computed.metrics)
+        unstored = {f.company for f in stored.failed}
+        metrics = [m for m in computed.metrics if m.company not in unstored]
         client = redis.client()
         if client is None:
             cache = "Redis not configured"
@@ -105,9 +107,13 @@ def build_dashboard_metrics(calendar: Calendar) -> dg.AssetsDefinition:
                 keys = cache_metrics(client, metrics, CACHE_TTL_SECONDS, redis.key_prefix)
             cache = f"{len(keys)} keys under {redis.key_prefix}metrics:, TTL {CACHE_TTL_SECONDS} s"
         context.log.info(
-            f"{len(metrics)} companies, {rows} rows for {today} ({calendar.timezone}); {cache}"
+            f"{len(metrics)} companies, {stored.rows} rows for {today} ({calendar.timezone}); "
+            f"{cache}"
         )
-        return dg.MaterializeResult(metadata=_metadata(metrics, rows, today, cache))
+        failed = sorted([*computed.failed, *stored.failed], key=lambda f: f.company)
+        if failed:
+            raise companies_failure("dashboard_metrics", failed)
+        return dg.MaterializeResult(metadata=_metadata(metrics, stored.rows, today, cache))
 
     return dashboard_metrics
 
