@@ -417,11 +417,11 @@ def test_a_killed_worker_s_step_is_redelivered_and_imports_exactly_once(
 ) -> None:
     cluster.drop(long_sales, "east")
 
-    def step_running() -> bool:
-        run_id = _company_run(instance, "east")
-        return run_id is not None and bool(_of_type(_run_events(instance, run_id), "STEP_START"))
+    # STEP_START comes before the importer takes the upload: wait until it is importing rows.
+    def importing() -> bool:
+        return _journal(warehouse, "east")[0] == "processing"
 
-    _wait_for(step_running, DEADLINE_SECONDS, "the import step started")
+    _wait_for(importing, DEADLINE_SECONDS, "the import step started importing")
     run_id = _company_run(instance, "east")
     (first_worker,) = _workers(_run_events(instance, run_id))
     victim = "worker-" + first_worker.split("@")[0]
