@@ -332,6 +332,34 @@ def test_strict_settings_reach_the_import(
     assert not _checks(result, PRODUCTS)["validation"].passed
 
 
+def test_a_company_whose_companies_file_entry_is_invalid_fails_without_touching_uploads(
+    engine: Engine,
+    paths: StoragePaths,
+    resources: dict,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+) -> None:
+    upload_id = _register(engine, paths, products_frame(4, seed=11), "acme", "p.csv", T0)
+    companies_file = tmp_path / "companies.yaml"
+    companies_file.write_text("companies:\n  acme:\n    delimiter: ';;'\n", encoding="utf-8")
+    settings = ImportSettingsResource(companies_file=str(companies_file))
+
+    result = _materialize(
+        [products], {**resources, "import_settings": settings}, instance, raise_on_error=False
+    )
+
+    assert not result.success
+    assert not [
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.error)
+    assert "acme's uploads wait until its companies file entry is fixed" in message
+    assert "delimiter must be one character" in message
+    assert _journal(engine, upload_id).status == "received"
+    assert _count(engine, schema.products, "acme") == 0
+
+
 def _cli(home: Path, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETL_", "DAGSTER_"))}
     env.update(DAGSTER_HOME=str(home), ETL_DATA_DIR=str(data), ETL_EXECUTOR="in_process")

@@ -171,7 +171,7 @@ def test_build_resources_honours_the_environment(
         assert paths.landing == tmp_path / "elsewhere" / "landing"
         assert resolved.import_settings.settle_seconds == 7
         assert resolved.import_settings.max_invalid_fraction == 0.25
-        assert resolved.import_settings.company_options()["acme"].delimiter == ";"
+        assert resolved.import_settings.companies().options["acme"].delimiter == ";"
         assert resolved.import_settings.import_settings().max_invalid_fraction == 0.25
         assert resolved.import_settings.batch_limits() == BatchLimits(10, 1_000_000)
 

@@ -366,3 +366,76 @@ def test_companies_of_pending_uploads_are_added_once(
     assert "companies" not in _adds(second)
     assert sorted(instance.get_dynamic_partitions("companies")) == ["acme", "globex"]
     assert len(second.run_requests) == 2
+
+
+def _with_companies_file(resources: dict, path: Path, text: str) -> dict:
+    path.write_text(text, encoding="utf-8")
+    return {**resources, "import_settings": ImportSettingsResource(companies_file=str(path))}
+
+
+def _sensor_logs(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The sensor's log lines about the companies file so far (Dagster logs to stderr)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "companies file" in line]
+
+
+def test_a_bad_companies_file_entry_holds_back_only_that_company(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    paths: StoragePaths,
+    uploads: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    companies_file = tmp_path / "companies.yaml"
+    broken = _with_companies_file(
+        resources, companies_file, "companies:\n  acme:\n    timezone: Mars/Olympus_Mons\n"
+    )
+
+    first = _tick(instance, broken)
+    _submit(instance, first)
+    again = _tick(instance, broken, cursor=first.cursor)
+
+    assert set(_by_company(first)) == {"globex"}
+    assert again.run_requests == []
+    assert sorted(p.name for p in (paths.inbox / "acme").iterdir()) == [
+        "products.csv",
+        "sales, march 2025.csv",
+    ]
+    problem = "unknown timezone 'Mars/Olympus_Mons'"
+    [logged] = _sensor_logs(capsys)
+    assert "company 'acme'" in logged
+    assert problem in logged
+
+    fixed = _with_companies_file(resources, companies_file, "companies:\n  acme: {}\n")
+    released = _tick(instance, fixed, cursor=again.cursor)
+
+    assert set(_by_company(released)) == {"acme"}
+    [relief] = _sensor_logs(capsys)
+    assert "valid again" in relief
+
+
+def test_an_unreadable_companies_file_holds_everyone_and_says_why_on_waiting_uploads(
+    instance: dg.DagsterInstance,
+    resources: dict,
+    paths: StoragePaths,
+    uploads: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Registered while the file was fine, then the run died: the uploads are waiting again.
+    for request in _tick(instance, resources).run_requests:
+        instance.report_run_failed(_live_run(instance, request.partition_key), message="lost")
+    broken = _with_companies_file(resources, tmp_path / "companies.yaml", "companies: [acme\n")
+    late = write_csv(products_frame(2, seed=9), paths.inbox / "globex" / "late.csv")
+    os.utime(late, (OLD, OLD))
+
+    held = _tick(instance, broken)
+    _tick(instance, broken, cursor=held.cursor)
+
+    assert held.run_requests == []
+    assert late.exists(), "registered although the company's options could not be read"
+    messages = {_journal(paths_engine(resources), u).message for u in uploads}
+    [message] = messages
+    assert message.startswith("waiting for the companies file: cannot read companies file")
+    assert {_journal(paths_engine(resources), u).status for u in uploads} == {"received"}
+    assert len(_sensor_logs(capsys)) == 1, "logged again although nothing changed"

@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 
 from etl_assets.services.alerts import post_alert
 from etl_assets.services.batches import BatchLimits
-from etl_assets.services.companies import CompanyOptions, load_company_options
+from etl_assets.services.companies import CompaniesFile, read_companies_file
 from etl_assets.services.results import ImportSettings
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
@@ -77,9 +77,9 @@ class ImportSettingsResource(dg.ConfigurableResource):
         """The directories a pull source must resolve inside."""
         return [Path(root.strip()) for root in self.pull_roots.split(os.pathsep) if root.strip()]
 
-    def company_options(self) -> dict[str, CompanyOptions]:
-        """Per-company parsing options (aliases, encoding, delimiter, ...)."""
-        return load_company_options(self.companies_file)
+    def companies(self) -> CompaniesFile:
+        """Per-company parsing options (aliases, encoding, delimiter, ...), read afresh."""
+        return read_companies_file(self.companies_file)
 
     def batch_limits(self) -> BatchLimits:
         """How much one import run takes."""

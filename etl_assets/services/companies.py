@@ -11,7 +11,7 @@ ALLOWED_KEYS = {"aliases", "encoding", "delimiter", "decimal", "date_format", "t
 
 
 class CompanyOptionsError(ValueError):
-    """The companies file is unreadable or holds an invalid option."""
+    """A company's entry in the companies file holds an invalid option."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,28 @@ class CompanyOptions:
     timezone: str = "UTC"
 
 
-def load_company_options(path: str | Path | None) -> dict[str, CompanyOptions]:
+@dataclass(frozen=True)
+class CompaniesFile:
+    """The companies file as read: the valid entries, and what is wrong with the others.
+
+    A bad entry holds back only its own company (its files would be misread with default
+    options); a file that cannot be read at all holds back every company.
+    """
+
+    options: dict[str, CompanyOptions] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def problem(self, company: str) -> str | None:
+        """Why `company`'s files cannot be read now, or None."""
+        return self.error or self.invalid.get(company)
+
+    def problems(self) -> list[str]:
+        """Every problem, one line each, in a stable order."""
+        return [self.error] if self.error else [self.invalid[slug] for slug in sorted(self.invalid)]
+
+
+def read_companies_file(path: str | Path | None) -> CompaniesFile:
     """Parse the companies file; an absent setting means every company uses defaults.
 
     Format::
@@ -41,15 +62,21 @@ def load_company_options(path: str | Path | None) -> dict[str, CompanyOptions]:
             timezone: Europe/Madrid
     """
     if not path:
-        return {}
+        return CompaniesFile()
     try:
         document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise CompanyOptionsError(f"cannot read companies file {path}: {exc}") from exc
+        return CompaniesFile(error=f"cannot read companies file {path}: {exc}")
     companies = document.get("companies", {}) if isinstance(document, dict) else None
     if not isinstance(companies, dict):
-        raise CompanyOptionsError(f"{path}: expected a mapping under 'companies'")
-    return {str(slug): _parse_options(str(slug), raw or {}) for slug, raw in companies.items()}
+        return CompaniesFile(error=f"companies file {path}: expected a mapping under 'companies'")
+    options, invalid = {}, {}
+    for slug, raw in companies.items():
+        try:
+            options[str(slug)] = _parse_options(str(slug), raw or {})
+        except CompanyOptionsError as exc:
+            invalid[str(slug)] = f"companies file {path}: {exc}"
+    return CompaniesFile(options=options, invalid=invalid)
 
 
 def options_for(options: dict[str, CompanyOptions], company: str) -> CompanyOptions:
@@ -83,7 +110,9 @@ def _check(slug: str, options: CompanyOptions) -> None:
         try:
             codecs.lookup(options.encoding)
         except LookupError as exc:
-            raise CompanyOptionsError(f"company {slug!r}: unknown encoding") from exc
+            raise CompanyOptionsError(
+                f"company {slug!r}: unknown encoding {options.encoding!r}"
+            ) from exc
     if options.delimiter is not None and len(options.delimiter) != 1:
         raise CompanyOptionsError(f"company {slug!r}: delimiter must be one character")
     if options.decimal not in (None, ".", ","):
@@ -91,4 +120,6 @@ def _check(slug: str, options: CompanyOptions) -> None:
     try:
         ZoneInfo(options.timezone)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise CompanyOptionsError(f"company {slug!r}: unknown timezone") from exc
+        raise CompanyOptionsError(
+            f"company {slug!r}: unknown timezone {options.timezone!r}"
+        ) from exc

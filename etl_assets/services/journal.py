@@ -150,6 +150,20 @@ def mark_offered(conn: Connection, upload_id: str, message: str) -> None:
     )
 
 
+def note_held(conn: Connection, company: str, message: str) -> int:
+    """Say on the company's waiting uploads why they wait; rows already saying it are left."""
+    bounded = _bounded(message)
+    return conn.execute(
+        uploads.update()
+        .where(
+            uploads.c.company == company,
+            uploads.c.status == "received",
+            or_(uploads.c.message.is_(None), uploads.c.message != bounded),
+        )
+        .values(message=bounded)
+    ).rowcount
+
+
 def _bounded(message: str) -> str:
     """A failure message fit for the journal: secrets masked, then cut (cutting first could
     leave a password whose URL no longer looks like one)."""

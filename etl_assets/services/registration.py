@@ -25,6 +25,7 @@ import pwd
 import shutil
 import stat
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +52,7 @@ class ScanResult:
     rejected: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     waiting: int = 0
+    held: int = 0
     max_mtime: float | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -68,16 +70,21 @@ def scan_inbox(
     settle_seconds: float,
     now: float,
     limit: int = 200,
+    held: Collection[str] = (),
 ) -> ScanResult:
     """Register settled files under `<inbox>/<company>/`, at most `limit` per scan.
 
     A file that cannot be read is rejected; one that cannot even be moved is reported in
-    `errors` and left for the next scan, so one bad file never blocks the others.
+    `errors` and left for the next scan, so one bad file never blocks the others. Files of
+    the `held` companies (whose options cannot be read) stay in the inbox, counted in `held`.
     """
     scan = ScanResult()
     for path, company in _candidates(paths.inbox):
         if len(scan.registered) + len(scan.rejected) + len(scan.duplicates) >= limit:
             break
+        if company in held:
+            scan.held += 1
+            continue
         try:
             _register(engine, paths, company_options, path, company, settle_seconds, now, scan)
         except OSError as exc:

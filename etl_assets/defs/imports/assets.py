@@ -114,14 +114,23 @@ def _import(
     # not in every run process that loads the code location.
     from etl_assets.services.importer import import_batch
 
+    company = context.partition_key
+    companies_file = import_settings.companies()
+    problem = companies_file.problem(company)
+    if problem:
+        # Read with default options, the files would be misread: they wait, untouched.
+        raise dg.Failure(
+            f"{company}'s uploads wait until its companies file entry is fixed: {problem}",
+            allow_retries=False,
+        )
     try:
         batch = import_batch(
             warehouse.engine(),
             storage.paths(),
-            company=context.partition_key,
+            company=company,
             kind=kind,
             upload_ids=config.upload_ids,
-            company_options=import_settings.company_options(),
+            company_options=companies_file.options,
             settings=import_settings.import_settings(),
             run_id=context.run.run_id,
             log=context.log,

@@ -10,7 +10,7 @@ from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services import journal
 from etl_assets.services.batches import MAX_ATTEMPTS, Batch, plan_batches
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.registration import ScanResult, scan_inbox
 
 COMPANY_TAG = "etl/company"
 UPLOADS_TAG = "etl/uploads"
@@ -27,8 +27,14 @@ RUN_ENDS = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 UNFINISHED_LIMIT = 5000
 
 
-def _max_mtime(cursor: str | None) -> float | None:
-    return json.loads(cursor).get("max_mtime") if cursor else None
+def _cursor(cursor: str | None) -> dict:
+    return json.loads(cursor) if cursor else {}
+
+
+def _new_cursor(max_mtime: float | None, problems: list[str]) -> str | None:
+    state = {"max_mtime": max_mtime, "problems": problems}
+    kept = {key: value for key, value in state.items() if value}
+    return json.dumps(kept) if kept else None
 
 
 def _busy_companies(instance: dg.DagsterInstance) -> set[str]:
@@ -109,23 +115,41 @@ def upload_sensor(
     The batch is the company's unfinished uploads in drop order, up to the batch limits; files
     arriving while it runs form the next one. An upload still unfinished once no run holds it
     (its run failed, was terminated, lost its worker) is offered again under a new run key, up
-    to `MAX_ATTEMPTS`, then marked `failed`. The cursor records the newest mtime registered,
-    for observability only: files leave the inbox when registered.
+    to `MAX_ATTEMPTS`, then marked `failed`. A company whose companies-file entry is invalid
+    (every company, if the file cannot be read) is held: its files stay in the inbox, its
+    uploads wait saying why, and the problem is logged once per change. The cursor records
+    those problems and the newest mtime registered (for observability only: files leave the
+    inbox when registered).
     """
     engine, paths = warehouse.engine(), storage.paths()
-    scan = scan_inbox(
-        engine,
-        paths,
-        import_settings.company_options(),
-        settle_seconds=import_settings.settle_seconds,
-        now=time.time(),
+    previous = _cursor(context.cursor)
+    companies_file = import_settings.companies()
+    # An unreadable companies file holds every company's files back, a bad entry only its own.
+    scan = (
+        ScanResult()
+        if companies_file.error
+        else scan_inbox(
+            engine,
+            paths,
+            companies_file.options,
+            settle_seconds=import_settings.settle_seconds,
+            now=time.time(),
+            held=set(companies_file.invalid),
+        )
     )
     # Live runs first, then the journal: a run that ends in between leaves its uploads finished.
     busy = _busy_companies(context.instance)
     with engine.connect() as conn:
         unfinished = journal.unfinished(conn, UNFINISHED_LIMIT)
-    plan = plan_batches(unfinished, busy, import_settings.batch_limits())
+    held = {
+        upload.company: problem
+        for upload in unfinished
+        if upload.company and (problem := companies_file.problem(upload.company))
+    }
+    plan = plan_batches(unfinished, busy | set(held), import_settings.batch_limits())
     with engine.begin() as conn:
+        for company, problem in held.items():
+            journal.note_held(conn, company, f"waiting for the companies file: {problem}")
         for upload in plan.exhausted:
             journal.give_up(conn, upload.upload_id, _give_up_message(context.instance, upload))
         for batch in plan.batches:
@@ -140,6 +164,12 @@ def upload_sensor(
         )
     for error in scan.errors:
         context.log.warning(f"left in the inbox, will retry: {error}")
+    problems = companies_file.problems()
+    if problems != previous.get("problems", []):
+        for problem in problems:
+            context.log.error(f"uploads held back until the companies file is fixed: {problem}")
+        if not problems:
+            context.log.info("the companies file is valid again: held uploads are imported")
     for upload in plan.exhausted:
         context.log.warning(f"gave up on {upload.upload_id} after {MAX_ATTEMPTS} attempts")
     for batch in plan.batches:
@@ -150,11 +180,11 @@ def upload_sensor(
         for batch in plan.batches
         if not context.instance.has_dynamic_partition(companies.name, batch.company)
     )
-    seen = [m for m in (_max_mtime(context.cursor), scan.max_mtime) if m is not None]
+    seen = [m for m in (previous.get("max_mtime"), scan.max_mtime) if m is not None]
     return dg.SensorResult(
         run_requests=[_run_request(batch) for batch in plan.batches],
         dynamic_partitions_requests=(
             [companies.build_add_request(new_companies)] if new_companies else []
         ),
-        cursor=json.dumps({"max_mtime": max(seen)}) if seen else context.cursor,
+        cursor=_new_cursor(max(seen) if seen else None, problems),
     )
