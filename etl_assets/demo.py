@@ -1,9 +1,9 @@
 """The end-to-end demo: sample uploads registered by the real sensor and imported in-process."""
 
 import datetime as dt
-import os
 
 import dagster as dg
+from dagster._core.errors import DagsterHomeNotSetError
 from sqlalchemy import select
 
 from etl_assets.definitions import defs
@@ -17,8 +17,10 @@ COLUMNS = ["file", "company", "kind", "status", "imported", "updated", "rejected
 
 def run_demo() -> int:
     """Drop samples, run one sensor tick, execute the requested runs, print the journal."""
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else None
-    instance = instance or dg.DagsterInstance.ephemeral()
+    try:
+        instance = dg.DagsterInstance.get()
+    except DagsterHomeNotSetError:
+        instance = dg.DagsterInstance.ephemeral()
     with dg.build_resources(defs.resources) as resolved:
         paths = resolved.storage.paths()
         engine = resolved.warehouse.engine()

@@ -207,6 +207,18 @@ def _company_runs(instance: Engine, company: str) -> list[str]:
         )
 
 
+def _retries_of(instance: Engine, run_id: str) -> list[str]:
+    """Runs the daemon launched to retry `run_id`."""
+    with instance.connect() as conn:
+        return list(
+            conn.execute(
+                select(run_tags.c.run_id).where(
+                    run_tags.c.key == "dagster/parent_run_id", run_tags.c.value == run_id
+                )
+            ).scalars()
+        )
+
+
 def _company_run(instance: Engine, company: str) -> str | None:
     """The company's one import run, if it was launched."""
     found = _company_runs(instance, company)
@@ -471,6 +483,12 @@ def test_a_step_whose_queue_has_no_worker_fails_its_run_and_leaves_nothing_queue
         )
     finally:
         cluster.restart("worker-general")
+    # Not a step's own failure: the daemon's run retries re-execute it, now with a worker.
+    _wait_for(lambda: _retries_of(instance, run_id), 120, "the run was retried")
+    (retry,) = _retries_of(instance, run_id)
+    _wait_for(
+        lambda: client.get_run_status(retry) == dg.DagsterRunStatus.SUCCESS, 180, "retry done"
+    )
     print(
         f"cluster: run without a worker failed in {elapsed:.0f}s, "
         f"its process exited {exited:.0f}s later"
