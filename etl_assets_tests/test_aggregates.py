@@ -495,17 +495,27 @@ def _touched(*days: str) -> dict[str, dg.MetadataValue]:
 
 
 def _tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    sensor = build_daily_sales_refresh_sensor(CALENDAR)
+    sensor = build_daily_sales_refresh_sensor(CALENDAR, build_rebuild_aggregates_job(CALENDAR))
     return sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
 
 
 def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
-    """Each request as its (first, last) partition key."""
+    """Each `daily_sales_job` request as its (first, last) partition key."""
     return [
         (r.partition_key, r.partition_key)
         if r.partition_key
         else (r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG])
         for r in result.run_requests or []
+        if r.job_name == "daily_sales_job"
+    ]
+
+
+def _rebuilds(result: dg.SensorResult) -> list[dict]:
+    """Each `rebuild_aggregates_job` request's op config."""
+    return [
+        r.run_config["ops"]["rebuild_daily_sales"]["config"]
+        for r in result.run_requests or []
+        if r.job_name == "rebuild_aggregates_job"
     ]
 
 
@@ -515,18 +525,19 @@ def test_sensor_requests_the_touched_days_as_ranges_once(instance: dg.DagsterIns
     _sales_imported(
         instance,
         "globex",
-        # 2023-12-31 is before the calendar's start; tomorrow has no partition yet.
-        _touched("2025-01-12", "2025-01-11", "2025-01-20", "2023-12-31", tomorrow),
+        # 2023-12-30/31 are before the calendar's start; tomorrow has no partition yet.
+        _touched("2025-01-12", "2025-01-11", "2025-01-20", "2023-12-31", "2023-12-30", tomorrow),
     )
 
     first = _tick(instance, None)
 
     assert _requested(first) == [("2025-01-10", "2025-01-12"), ("2025-01-20", "2025-01-20")]
-    assert all(r.job_name == "daily_sales_job" for r in first.run_requests)
-    ranged, single = first.run_requests
+    # No partition holds them: the rebuild job, which takes any range, refreshes them.
+    assert _rebuilds(first) == [{"start": "2023-12-30", "end": "2023-12-31", "force": True}]
+    ranged, single, _rebuild = first.run_requests
     assert ranged.partition_key is None
     assert (single.partition_key, single.tags) == ("2025-01-20", {})
-    assert len({r.run_key for r in first.run_requests}) == 2
+    assert len({r.run_key for r in first.run_requests}) == 3
     assert all(first.cursor in r.run_key for r in first.run_requests)
 
     second = _tick(instance, first.cursor)
@@ -565,6 +576,35 @@ def test_sensor_requests_run_the_job(
     assert result.success
     assert _daily(loaded) == EXPECTED
     assert len(result.get_asset_materialization_events()) == 3
+
+
+def test_days_before_the_partition_start_are_refreshed_by_the_rebuild_job(
+    loaded: Engine, resources: dict, instance: dg.DagsterInstance
+) -> None:
+    """SALES spans 2025-01-10..12; with partitions from the 11th, the 10th has none."""
+    late_start = Calendar(timezone=MADRID, start="2025-01-11")
+    domain = build_aggregates(late_start)
+    defs = dg.Definitions(
+        assets=domain.assets, jobs=domain.jobs, sensors=domain.sensors, resources=resources
+    )
+    sensor = defs.resolve_sensor_def("daily_sales_refresh_sensor")
+    _sales_imported(instance, "acme", _touched("2025-01-10", "2025-01-11", "2025-01-12"))
+
+    result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    ranged, rebuild = result.run_requests
+    for request in (ranged, rebuild):
+        job = defs.resolve_job_def(request.job_name)
+        run = job.execute_in_process(
+            instance=instance, tags=request.tags, run_config=request.run_config
+        )
+        assert run.success, request.job_name
+
+    assert (ranged.tags[RANGE_START_TAG], ranged.tags[RANGE_END_TAG]) == (
+        "2025-01-11",
+        "2025-01-12",
+    )
+    assert rebuild.job_name == "rebuild_aggregates_job"
+    assert _daily(loaded) == EXPECTED
 
 
 # ---------------------------------------------------------------------------- the schedule

@@ -9,9 +9,10 @@ from etl_assets.defs.calendar import Calendar, Domain
 
 def build_aggregates(calendar: Calendar) -> Domain:
     """The aggregates domain's definitions for the calendar."""
+    rebuild_job = build_rebuild_aggregates_job(calendar)
     return Domain(
         assets=[build_daily_sales(calendar)],
-        jobs=[daily_sales_job, build_rebuild_aggregates_job(calendar)],
-        sensors=[build_daily_sales_refresh_sensor(calendar)],
+        jobs=[daily_sales_job, rebuild_job],
+        sensors=[build_daily_sales_refresh_sensor(calendar, rebuild_job)],
         schedules=[build_daily_sales_schedule(calendar)],
     )

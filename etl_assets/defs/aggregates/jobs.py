@@ -47,6 +47,12 @@ class RebuildAggregatesConfig(dg.Config):
         return first, last
 
 
+def rebuild_run_config(first: dt.date, last: dt.date, *, force: bool) -> dict[str, object]:
+    """Run config of `rebuild_aggregates_job` for the inclusive day range."""
+    config = {"start": first.isoformat(), "end": last.isoformat(), "force": force}
+    return {"ops": {"rebuild_daily_sales": {"config": config}}}
+
+
 def build_rebuild_aggregates_job(calendar: Calendar) -> dg.JobDefinition:
     """The destructive rebuild of `daily_sales` over a day range; a dry run unless forced."""
 

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 import dagster as dg
 
-from etl_assets.defs.aggregates.jobs import daily_sales_job
+from etl_assets.defs.aggregates.jobs import daily_sales_job, rebuild_run_config
 from etl_assets.defs.calendar import Calendar
 
 SALES = dg.AssetKey("sales")
@@ -52,13 +52,26 @@ def range_run_request(cursor: str, first: dt.date, last: dt.date) -> dg.RunReque
     )
 
 
-def build_daily_sales_refresh_sensor(calendar: Calendar) -> dg.SensorDefinition:
+def rebuild_run_request(
+    cursor: str, rebuild_job: dg.JobDefinition, first: dt.date, last: dt.date
+) -> dg.RunRequest:
+    """A forced rebuild of days that have no `daily_sales` partition (before the start)."""
+    return dg.RunRequest(
+        run_key=f"{cursor}:rebuild:{first.isoformat()}:{last.isoformat()}",
+        job_name=rebuild_job.name,
+        run_config=rebuild_run_config(first, last, force=True),
+    )
+
+
+def build_daily_sales_refresh_sensor(
+    calendar: Calendar, rebuild_job: dg.JobDefinition
+) -> dg.SensorDefinition:
     """The sensor that refreshes the days each new `sales` materialisation touched."""
     partitions = calendar.daily()
 
     @dg.sensor(
         name="daily_sales_refresh_sensor",
-        job=daily_sales_job,
+        jobs=[daily_sales_job, rebuild_job],
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         description="Requests daily_sales for the days each new sales import touched.",
@@ -80,20 +93,23 @@ def build_daily_sales_refresh_sensor(calendar: Calendar) -> dg.SensorDefinition:
             except ValueError as exc:
                 # Skipped, not retried: the same event would fail every tick and stall the sensor.
                 context.log.warning(f"sales {materialization.partition}: {exc}")
-        # Partitions exist from the calendar's start up to the last complete day; today's data is
-        # picked up by the schedule once the day is over.
+        # Partitions exist from the calendar's start up to the last complete day. Today's (and
+        # later) days are refreshed by the schedule once they are over; days before the start
+        # have no partition, so the rebuild job (which takes any range) refreshes them.
         first = dt.date.fromisoformat(partitions.get_first_partition_key())
         last_key = partitions.get_last_partition_key()
         last = dt.date.fromisoformat(last_key) if last_key else first - dt.timedelta(days=1)
-        outside = sorted(d for d in days if not first <= d <= last)
-        if outside:
+        later = sorted(d for d in days if d > last)
+        if later:
             context.log.info(
-                f"not refreshed (no such partition yet or before {first}): "
-                + ", ".join(d.isoformat() for d in outside)
+                "left to the daily schedule (not over yet): "
+                + ", ".join(d.isoformat() for d in later)
             )
-        ranges = contiguous_ranges(d for d in days if first <= d <= last)
+        inside = contiguous_ranges(d for d in days if first <= d <= last)
+        before = contiguous_ranges(d for d in days if d < first)
         return dg.SensorResult(
-            run_requests=[range_run_request(batch.cursor, a, b) for a, b in ranges],
+            run_requests=[range_run_request(batch.cursor, a, b) for a, b in inside]
+            + [rebuild_run_request(batch.cursor, rebuild_job, a, b) for a, b in before],
             cursor=batch.cursor,
         )
 
