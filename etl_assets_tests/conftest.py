@@ -1,18 +1,27 @@
-"""Shared fixtures: real SQLite files and real PostgreSQL databases, real temporary directories.
+"""Shared fixtures: real SQLite files and real PostgreSQL, real temporary directories.
 
 PostgreSQL comes from `ETL_TEST_POSTGRES_URL` (default: the local server, user `postgres`).
-Each test that needs it gets a database of its own, dropped afterwards. A server that cannot
-be reached fails the test: `make test` starts it, and nothing here is skipped.
+A dialect-parametrised test (`warehouse_url`, hence `engine` and `resources`) gets a schema of
+its own in one database created for the whole session: its URL sets `search_path` to that
+schema alone (temporary tables still go to the session's own `pg_temp`), so every table,
+sequence and index the test creates lives there, and the schema is dropped with CASCADE
+afterwards, its connections ended first. A schema costs milliseconds where a database costs a
+few hundred; the warehouse creates nothing at database level (no extensions, roles or advisory
+locks), so a schema isolates it as well. A test that needs a whole database (Dagster instance
+storage, `pg_stat_activity` of its own database) takes `pg_url`: a database of its own, dropped
+afterwards. A server that cannot be reached fails the test: `make test` starts it, and nothing
+here is skipped.
 """
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
 import pytest
 from psycopg import sql
-from sqlalchemy import Connection, Engine, create_engine, make_url, text
+from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.storage import StoragePaths
@@ -36,21 +45,70 @@ def pg_admin() -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def pg_url(pg_admin: Engine) -> Iterator[str]:
-    """A fresh PostgreSQL database for one test."""
+@contextmanager
+def _database(pg_admin: Engine) -> Iterator[URL]:
+    """A fresh database, dropped with whatever is still connected to it on exit."""
     name = f"etl_test_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
         _admin(conn, "CREATE DATABASE {}", name)
-    url = make_url(postgres_server_url()).set(database=name)
+    try:
+        yield make_url(postgres_server_url()).set(database=name)
+    finally:
+        with pg_admin.connect() as conn:
+            _admin(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
+
+
+def _admin(conn: Connection, statement: str, name: str) -> None:
+    """Run a statement about a database or schema, its name quoted as an identifier."""
+    conn.connection.driver_connection.execute(sql.SQL(statement).format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_url(pg_admin: Engine) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test."""
+    with _database(pg_admin) as url:
+        yield url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def pg_schemas(pg_admin: Engine) -> Iterator[Engine]:
+    """An autocommit connection to the session's database, where tests get their schemas.
+
+    A schema that another session still locks fails its test's teardown after `lock_timeout`
+    instead of hanging the suite.
+    """
+    with _database(pg_admin) as url:
+        engine = create_engine(
+            url, isolation_level="AUTOCOMMIT", connect_args={"options": "-c lock_timeout=30s"}
+        )
+        yield engine
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_schema_url(pg_schemas: Engine) -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test: a URL whose connections see only that schema.
+
+    The URL also names its connections (`application_name`) after the schema, so that the
+    connections a test leaves open (engines cached by `WarehouseResource`, killed children) can
+    be ended before the schema is dropped, as `DROP DATABASE ... WITH (FORCE)` would end them.
+    """
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    with pg_schemas.connect() as conn:
+        _admin(conn, "CREATE SCHEMA {}", name)
+    url = pg_schemas.url
+    options = " ".join(filter(None, [url.query.get("options"), f"-csearch_path={name}"]))
+    url = url.update_query_dict({"options": options, "application_name": name})
     yield url.render_as_string(hide_password=False)
-    with pg_admin.connect() as conn:
-        _admin(conn, "DROP DATABASE IF EXISTS {} WITH (FORCE)", name)
-
-
-def _admin(conn: Connection, statement: str, database: str) -> None:
-    """Run a database-level statement with the name quoted as an identifier."""
-    conn.connection.driver_connection.execute(sql.SQL(statement).format(sql.Identifier(database)))
+    with pg_schemas.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = :name"
+            ),
+            {"name": name},
+        )
+        _admin(conn, "DROP SCHEMA {} CASCADE", name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -58,7 +116,7 @@ def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The warehouse URL, once per dialect."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/warehouse.db"
-    return request.getfixturevalue("pg_url")
+    return request.getfixturevalue("pg_schema_url")
 
 
 @pytest.fixture

@@ -17,11 +17,11 @@ import dagster as dg
 import psutil
 import pytest
 from dagster_graphql import DagsterGraphQLClient
-from sqlalchemy import Engine, exc, func, select
+from sqlalchemy import Connection, Engine, exc, func, select
 
 from etl_assets.cli import place_upload
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.warehouse.schema import make_engine, products, sales, uploads
+from etl_assets.warehouse.schema import lock_for_writing, make_engine, products, sales, uploads
 
 DEADLINE_SECONDS = 150
 STOP_SECONDS = 30
@@ -190,8 +190,58 @@ def _journal(engine: Engine) -> dict[str, tuple[str, int | None, str | None]]:
     return {name: (status, imported, run_id) for name, status, imported, run_id in rows}
 
 
-# Long enough (several seconds on SQLite) to terminate the run in the middle of the import.
-LONG_IMPORT_ROWS = 400_000
+# Enough that the import (from `processing` to its commit) takes far longer than one poll of
+# `_hold_mid_import`; the warehouse's write lock, not the size, keeps it from finishing.
+LONG_IMPORT_ROWS = 50_000
+HOLD_POLL_SECONDS = 0.05
+
+
+def _hold_mid_import(dev: DagsterDev, engine: Engine, name: str) -> tuple[Connection, str]:
+    """Poll the journal under the warehouse's write lock until the upload is `processing`;
+    return the connection, still holding the lock, and the run importing the upload.
+
+    An import commits all or nothing, and only with the write lock: while the returned
+    connection holds it, the run is mid-import and cannot finish.
+    """
+    started = time.monotonic()
+    tick = threading.Event()
+    row = None
+    while time.monotonic() - started < DEADLINE_SECONDS:
+        assert dev.process.poll() is None, dev.log_tail()
+        if (dev.data / "warehouse.db").exists():
+            conn = engine.connect()
+            conn.begin()
+            try:
+                lock_for_writing(conn)
+                row = conn.execute(
+                    select(uploads.c.status, uploads.c.run_id).where(
+                        uploads.c.original_name == name
+                    )
+                ).one_or_none()
+            except exc.OperationalError:
+                row = None  # the upload sensor has not created the tables yet
+            if row is not None and row.status == "processing" and row.run_id:
+                return conn, row.run_id
+            conn.close()
+            assert row is None or row.status == "received", (
+                f"{name} went {row.status} before it could be held mid-import"
+            )
+        tick.wait(HOLD_POLL_SECONDS)  # a poll with a deadline, not a fixed sleep
+    pytest.fail(f"the import never started: {row}\n{dev.log_tail()}")
+
+
+def _wait_until_steps_interrupted(dev: DagsterDev, run_id: str) -> None:
+    """Wait for the engine event in which the terminated run's executor interrupts its step
+    processes (it records the event, then signals them)."""
+    started = time.monotonic()
+    tick = threading.Event()
+    with dg.DagsterInstance.from_config(str(dev.home)) as instance:
+        while time.monotonic() - started < STOP_SECONDS:
+            events = instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+            if any("forwarding to active child processes" in e.message for e in events):
+                return
+            tick.wait(0.1)  # a poll with a deadline, not a fixed sleep
+    pytest.fail(f"run {run_id} never interrupted its steps\n{dev.log_tail()}")
 
 
 def test_a_run_terminated_mid_import_is_offered_again_and_completes(
@@ -200,21 +250,13 @@ def test_a_run_terminated_mid_import_is_offered_again_and_completes(
     source = write_csv(sales_frame(LONG_IMPORT_ROWS, seed=7, skus=300), tmp_path / "long.csv")
     place_upload(source, "west", dagster_dev.data / "inbox")
     engine = make_engine(f"sqlite:///{dagster_dev.data}/warehouse.db")
-    started = time.monotonic()
-    tick = threading.Event()
-    journal: dict[str, tuple[str, int | None, str | None]] = {}
-    while time.monotonic() - started < DEADLINE_SECONDS:
-        assert dagster_dev.process.poll() is None, dagster_dev.log_tail()
-        if (dagster_dev.data / "warehouse.db").exists():
-            journal = _journal(engine)
-        if journal.get("long.csv", ("",))[0] == "processing":
-            break
-        tick.wait(0.2)  # a poll with a deadline, not a fixed sleep
-    else:
-        pytest.fail(f"the import never started: {journal}\n{dagster_dev.log_tail()}")
-    _, _, first_run = journal["long.csv"]
-    client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
-    client.terminate_run(first_run or "")
+    held, first_run = _hold_mid_import(dagster_dev, engine, "long.csv")
+    try:
+        client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
+        client.terminate_run(first_run)
+        _wait_until_steps_interrupted(dagster_dev, first_run)
+    finally:
+        held.close()
 
     journal = _wait_until_all_finished(dagster_dev, engine, {"long.csv"})
     with engine.connect() as conn:
@@ -276,10 +318,14 @@ def test_dropped_files_are_imported_without_a_click(
         assert response.status == 200
 
 
+BURST_COMPANIES = 3
+
+
 def test_a_burst_of_uploads_takes_one_run_per_company(
     dagster_dev: DagsterDev, tmp_path: Path
 ) -> None:
-    """40 uploads of 8 companies dropped at once: 8 runs.
+    """15 uploads of 3 companies dropped at once: 3 runs (every run is a few processes on a
+    small machine, so more companies cost time and show nothing more).
 
     Each company's five files are written under a hidden directory of the inbox (which the
     sensor ignores), already settled, and the directory is renamed into place in one step, so
@@ -288,7 +334,7 @@ def test_a_burst_of_uploads_takes_one_run_per_company(
     the machine down here.
     """
     inbox = dagster_dev.data / "inbox"
-    companies = {f"tenant-{c}" for c in range(8)}
+    companies = {f"tenant-{c}" for c in range(BURST_COMPANIES)}
     dropped: dict[str, tuple[str, int]] = {}
     for c, company in enumerate(sorted(companies)):
         staging = inbox / f".staging-{company}"
@@ -319,7 +365,7 @@ def test_a_burst_of_uploads_takes_one_run_per_company(
     }, dagster_dev.log_tail()
     # Every file holds the same 40 SKUs: the company's table has 40 rows, the last file's.
     assert stored == dict.fromkeys(companies, 40)
-    assert len(runs) <= 8
+    assert len(runs) == BURST_COMPANIES
     assert {run.tags["etl/company"] for run in runs} == companies
     assert {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
 
