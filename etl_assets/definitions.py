@@ -9,16 +9,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from etl_assets.defs.aggregates import build_aggregates
-from etl_assets.defs.calendar import Calendar, Domain
+from etl_assets.defs.aggregates import definitions as aggregates
+from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import celery_executor_def
-from etl_assets.defs.imports.assets import import_job, products, sales
-from etl_assets.defs.imports.sensors import upload_sensor
-from etl_assets.defs.maintenance.alerts import build_alerts
-from etl_assets.defs.maintenance.health import build_health
-from etl_assets.defs.maintenance.schedules import build_maintenance
-from etl_assets.defs.metrics import build_metrics
-from etl_assets.defs.reports import build_reports
+from etl_assets.defs.imports import definitions as imports
+from etl_assets.defs.maintenance import definitions as maintenance
+from etl_assets.defs.metrics import definitions as metrics
+from etl_assets.defs.reports import definitions as reports
 from etl_assets.defs.resources import (
     ImportSettingsResource,
     RedisResource,
@@ -117,41 +114,30 @@ def build_calendar() -> Calendar:
     )
 
 
-def build_domains(calendar: Calendar) -> list[Domain]:
-    """Every domain's definitions, built for the calendar."""
-    imports = Domain(
-        assets=[products, sales],
-        jobs=[import_job],
-        sensors=[upload_sensor],
+def build_domains(calendar: Calendar) -> dg.Definitions:
+    """Every domain's definitions for the calendar, merged (no resources, no executor)."""
+    return dg.Definitions.merge(
+        imports.defs(calendar),
+        aggregates.defs(calendar),
+        metrics.defs(calendar),
+        reports.defs(calendar),
+        maintenance.defs(
+            calendar,
+            pull_source=os.environ.get("ETL_PULL_SOURCE") or None,
+            retention_days=_count_env("ETL_RETENTION_DAYS", 90, "days"),
+        ),
     )
-    maintenance = build_maintenance(
-        calendar,
-        pull_source=os.environ.get("ETL_PULL_SOURCE") or None,
-        retention_days=_count_env("ETL_RETENTION_DAYS", 90, "days"),
-    )
-    return [
-        imports,
-        build_aggregates(calendar),
-        build_metrics(calendar),
-        build_reports(calendar),
-        build_health(calendar),
-        maintenance,
-        build_alerts(),
-    ]
 
 
 def build_definitions() -> dg.Definitions:
     """The code location for the current environment."""
-    domains = build_domains(build_calendar())
-    return dg.Definitions(
-        assets=[a for d in domains for a in d.assets],
-        asset_checks=[c for d in domains for c in d.asset_checks],
-        jobs=[j for d in domains for j in d.jobs],
-        sensors=[s for d in domains for s in d.sensors],
-        schedules=[s for d in domains for s in d.schedules],
-        resources=build_resources(),
-        # The default of every job, and of ad-hoc materialisations from the UI or the CLI.
-        executor=build_executor(),
+    return dg.Definitions.merge(
+        build_domains(build_calendar()),
+        dg.Definitions(
+            resources=build_resources(),
+            # The default of every job, and of ad-hoc materialisations from the UI or the CLI.
+            executor=build_executor(),
+        ),
     )
 
 

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, delete, event, func, select, text
 
-from etl_assets.defs.aggregates import build_aggregates
+from etl_assets.defs.aggregates import definitions as aggregates
 from etl_assets.defs.aggregates.assets import build_daily_sales
 from etl_assets.defs.aggregates.jobs import build_rebuild_aggregates_job, daily_sales_job
 from etl_assets.defs.aggregates.schedules import build_daily_sales_schedule
@@ -565,8 +565,7 @@ def test_sensor_skips_materialisations_without_usable_days(instance: dg.DagsterI
 def test_sensor_requests_run_the_job(
     loaded: Engine, resources: dict, instance: dg.DagsterInstance
 ) -> None:
-    domain = build_aggregates(CALENDAR)
-    defs = dg.Definitions(assets=domain.assets, jobs=domain.jobs, resources=resources)
+    defs = dg.Definitions.merge(aggregates.defs(CALENDAR), dg.Definitions(resources=resources))
     job = defs.resolve_job_def("daily_sales_job")
     _sales_imported(instance, "acme", _touched("2025-01-10", "2025-01-11", "2025-01-12"))
 
@@ -583,10 +582,7 @@ def test_days_before_the_partition_start_are_refreshed_by_the_rebuild_job(
 ) -> None:
     """SALES spans 2025-01-10..12; with partitions from the 11th, the 10th has none."""
     late_start = Calendar(timezone=MADRID, start="2025-01-11")
-    domain = build_aggregates(late_start)
-    defs = dg.Definitions(
-        assets=domain.assets, jobs=domain.jobs, sensors=domain.sensors, resources=resources
-    )
+    defs = dg.Definitions.merge(aggregates.defs(late_start), dg.Definitions(resources=resources))
     sensor = defs.resolve_sensor_def("daily_sales_refresh_sensor")
     _sales_imported(instance, "acme", _touched("2025-01-10", "2025-01-11", "2025-01-12"))
 

@@ -14,8 +14,8 @@ from sqlalchemy import Engine, select
 
 from etl_assets.definitions import build_domains
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.maintenance.jobs import DRY_RUN, cleanup_job
-from etl_assets.defs.maintenance.schedules import build_maintenance
 from etl_assets.samples import sales_frame, write_csv
 from etl_assets.services import cleanup, journal
 from etl_assets.services.cleanup import REASON_SUFFIX, apply_cleanup, plan_cleanup
@@ -421,7 +421,7 @@ def _schedule(domain_schedules: list, name: str) -> dg.ScheduleDefinition:
 
 
 def test_cleanup_schedule_requests_a_forced_cleanup_with_the_retention() -> None:
-    domain = build_maintenance(Calendar(timezone="Europe/Madrid"), retention_days=30)
+    domain = maintenance.defs(Calendar(timezone="Europe/Madrid"), retention_days=30)
     schedule = _schedule(domain.schedules, "cleanup_schedule")
     when = dt.datetime(2025, 3, 1, 3, 30, tzinfo=ZoneInfo("Europe/Madrid"))
 
@@ -446,7 +446,7 @@ def test_definitions_pass_etl_retention_days_to_the_schedule(
         monkeypatch.delenv("ETL_RETENTION_DAYS", raising=False)
     else:
         monkeypatch.setenv("ETL_RETENTION_DAYS", raw)
-    schedules = [s for d in build_domains(Calendar()) for s in d.schedules]
+    schedules = list(build_domains(Calendar()).schedules)
     when = dt.datetime(2025, 3, 1, 3, 30, tzinfo=dt.UTC)
 
     with dg.build_schedule_context(scheduled_execution_time=when) as context:

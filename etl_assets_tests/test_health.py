@@ -14,7 +14,7 @@ from sqlalchemy import Engine, make_url
 
 from etl_assets.definitions import defs
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.maintenance.health import build_health, health_check_job
+from etl_assets.defs.maintenance.health import build_health_schedule, health_check_job
 from etl_assets.defs.resources import RedisResource, StorageResource, WarehouseResource
 from etl_assets.services.health import (
     check_disk,
@@ -232,7 +232,7 @@ def test_health_job_fails_naming_the_failed_check(
 
 @pytest.mark.parametrize("timezone", ["UTC", "Europe/Lisbon"])
 def test_health_schedule_requests_the_job(timezone: str) -> None:
-    [schedule] = build_health(Calendar(timezone=timezone)).schedules
+    schedule = build_health_schedule(Calendar(timezone=timezone))
     scheduled = dt.datetime(2025, 3, 30, 1, 15, tzinfo=dt.UTC)
     context = dg.build_schedule_context(scheduled_execution_time=scheduled)
 

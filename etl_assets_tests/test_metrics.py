@@ -17,7 +17,7 @@ from sqlalchemy import Engine, select, text
 
 from etl_assets.definitions import build_resources, defs
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.metrics import build_metrics
+from etl_assets.defs.metrics import definitions as metrics
 from etl_assets.defs.metrics.assets import CACHE_TTL_SECONDS
 from etl_assets.defs.resources import RedisResource, WarehouseResource
 from etl_assets.services.metrics import (
@@ -403,7 +403,7 @@ def test_cache_writes_one_document_per_company_with_ttl(
 def _materialize(
     calendar: Calendar, resources: dict[str, dg.ConfigurableResource]
 ) -> tuple[dg.AssetsDefinition, dict[str, object]]:
-    [asset] = build_metrics(calendar).assets
+    [asset] = metrics.defs(calendar).assets
     result = dg.materialize([asset], resources=resources)
     assert result.success
     [event] = result.get_asset_materialization_events()
@@ -496,7 +496,7 @@ def test_asset_fails_naming_the_company_after_storing_the_others(
         "warehouse": WarehouseResource(url=url),
         "redis": RedisResource(url=redis_url, key_prefix=prefix),
     }
-    [asset] = build_metrics(Calendar(timezone=TZ)).assets
+    [asset] = metrics.defs(Calendar(timezone=TZ)).assets
 
     result = dg.materialize([asset], resources=resources, raise_on_error=False)
 
@@ -522,7 +522,7 @@ def test_asset_fails_naming_the_company_after_storing_the_others(
     ],
 )
 def test_schedule_requests_the_metrics_job(timezone: str, scheduled: dt.datetime) -> None:
-    [schedule] = build_metrics(Calendar(timezone=timezone)).schedules
+    [schedule] = metrics.defs(Calendar(timezone=timezone)).schedules
     context = dg.build_schedule_context(scheduled_execution_time=scheduled)
 
     [request] = schedule.evaluate_tick(context).run_requests or []

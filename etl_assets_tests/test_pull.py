@@ -16,8 +16,9 @@ from sqlalchemy import Engine
 
 from etl_assets.definitions import build_domains
 from etl_assets.defs.calendar import Calendar
+from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
-from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED, build_maintenance
+from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
 from etl_assets.services import journal, pull
 from etl_assets.services.pull import PullError, PullResult, pull_sources
@@ -461,7 +462,7 @@ def _pull_schedule(schedules: list) -> dg.ScheduleDefinition:
 
 
 def test_pull_schedule_requests_a_pull_of_the_source_at_two() -> None:
-    domain = build_maintenance(Calendar(timezone="America/New_York"), pull_source="/srv/exports")
+    domain = maintenance.defs(Calendar(timezone="America/New_York"), pull_source="/srv/exports")
     schedule = _pull_schedule(domain.schedules)
     when = dt.datetime(2025, 3, 1, 2, 0, tzinfo=ZoneInfo("America/New_York"))
 
@@ -486,7 +487,7 @@ def test_definitions_pass_etl_pull_source_to_the_schedule(
         monkeypatch.delenv("ETL_PULL_SOURCE", raising=False)
     else:
         monkeypatch.setenv("ETL_PULL_SOURCE", source)
-    schedule = _pull_schedule([s for d in build_domains(Calendar()) for s in d.schedules])
+    schedule = _pull_schedule(list(build_domains(Calendar()).schedules))
     when = dt.datetime(2025, 3, 1, 2, 0, tzinfo=dt.UTC)
 
     with dg.build_schedule_context(scheduled_execution_time=when) as context:

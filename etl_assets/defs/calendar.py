@@ -1,6 +1,6 @@
 """The calendar every time-partitioned asset and schedule shares."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dagster as dg
 
@@ -19,14 +19,3 @@ class Calendar:
     def monthly(self) -> dg.MonthlyPartitionsDefinition:
         """One partition per calendar month in `timezone`."""
         return dg.MonthlyPartitionsDefinition(start_date=self.start, timezone=self.timezone)
-
-
-@dataclass
-class Domain:
-    """What one domain contributes to the code location; `definitions.py` merges them."""
-
-    assets: list = field(default_factory=list)
-    asset_checks: list = field(default_factory=list)
-    jobs: list = field(default_factory=list)
-    sensors: list = field(default_factory=list)
-    schedules: list = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Imports: the `products` and `sales` tables, their job and the upload sensor."""

@@ -1,0 +1,1 @@
+"""Maintenance: pull, cleanup, the health check and run-failure alerts."""

@@ -4,7 +4,6 @@ import datetime as dt
 
 import dagster as dg
 
-from etl_assets.defs.calendar import Domain
 from etl_assets.defs.resources import WarehouseResource, WebhookResource
 from etl_assets.services.alerts import new_failure, record_failure
 from etl_assets.services.scrubbing import scrub
@@ -70,8 +69,3 @@ def run_failure_alert_sensor(
             context.log.info(f"alert for run {run.run_id} posted")
     except Exception as exc:
         context.log.warning(f"alert for run {run.run_id} not posted: {scrub(repr(exc))}")
-
-
-def build_alerts() -> Domain:
-    """The run-failure alert sensor."""
-    return Domain(sensors=[run_failure_alert_sensor])

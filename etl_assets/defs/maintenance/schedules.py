@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from etl_assets.defs.calendar import Calendar, Domain
+from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance.jobs import CleanupConfig, PullConfig, cleanup_job, pull_job
 
 NOT_CONFIGURED = (
@@ -11,10 +11,10 @@ NOT_CONFIGURED = (
 )
 
 
-def build_maintenance(
+def build_maintenance_schedules(
     calendar: Calendar, *, pull_source: str | None = None, retention_days: int = 90
-) -> Domain:
-    """Cleanup and pull jobs with their daily schedules in the calendar's timezone.
+) -> list[dg.ScheduleDefinition]:
+    """The daily pull and cleanup schedules in the calendar's timezone.
 
     `pull_source` (None: the pull schedule skips) and `retention_days` come from the
     environment, read in `definitions.py`.
@@ -47,4 +47,4 @@ def build_maintenance(
         config = CleanupConfig(retention_days=retention_days, force=True)
         return dg.RunRequest(run_config=dg.RunConfig(ops={"cleanup": config}))
 
-    return Domain(jobs=[cleanup_job, pull_job], schedules=[pull_schedule, cleanup_schedule])
+    return [pull_schedule, cleanup_schedule]
