@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from etl_assets import cli
 from etl_assets.cli import main
 from etl_assets.samples import products_frame, write_csv
+from etl_assets.services.imports import placing
 from etl_assets.services.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 
@@ -202,7 +202,7 @@ def test_a_scan_at_the_moment_the_upload_appears_registers_it(
     source: Path, engine: Engine, paths: StoragePaths, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The complete file appears by a rename: one name, never a second link to the partial."""
-    original = cli._publish
+    original = placing._publish
     scans = []
 
     def publish_then_scan(*args: Path | str) -> Path:
@@ -210,7 +210,7 @@ def test_a_scan_at_the_moment_the_upload_appears_registers_it(
         scans.append(scan_inbox(engine, paths, {}, settle_seconds=0, now=time.time() + 1))
         return target
 
-    monkeypatch.setattr(cli, "_publish", publish_then_scan)
+    monkeypatch.setattr(placing, "_publish", publish_then_scan)
 
     assert _upload(source, "acme", paths.inbox) == 0
 

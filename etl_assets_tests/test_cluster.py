@@ -30,8 +30,8 @@ from psycopg import sql
 from redis import Redis
 from sqlalchemy import Engine, column, create_engine, func, select, table
 
-from etl_assets.cli import place_upload
 from etl_assets.samples import products_frame, sales_frame, write_csv
+from etl_assets.services.imports.placing import place_upload
 from etl_assets.warehouse.schema import daily_sales, products, sales, uploads
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import Connection, Engine, exc, func, select
 
-from etl_assets.cli import place_upload
 from etl_assets.samples import products_frame, sales_frame, write_csv
+from etl_assets.services.imports.placing import place_upload
 from etl_assets.warehouse.schema import lock_for_writing, make_engine, products, sales, uploads
 
 DEADLINE_SECONDS = 150

@@ -21,6 +21,7 @@ from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
 from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
 from etl_assets.services import journal, pull
+from etl_assets.services.contract import COMPANY_RULE
 from etl_assets.services.pull import PullError, PullResult, pull_sources
 from etl_assets.services.registration import scan_inbox, upload_id_for
 from etl_assets.services.storage import StoragePaths
@@ -187,7 +188,8 @@ def test_hidden_partial_and_misplaced_files_are_not_pulled(
     assert sorted(p.name for p in result.pulled) == ["products.csv", "sales.csv"]
     assert sorted(result.skipped) == sorted(
         [
-            f"{source / 'Bad Company'}: invalid company directory name",
+            f"{source / 'Bad Company'}: "
+            f"invalid company directory 'Bad Company': use {COMPANY_RULE}",
             f"{source / 'acme' / 'nested'}: not a regular file",
             f"{source / 'acme' / 'notes.txt'}: unsupported file type (use .csv, .csv.gz, .xlsx)",
             f"{source / 'loose.csv'}: not in a company directory",

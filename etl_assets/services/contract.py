@@ -10,6 +10,9 @@ Kind = Literal["products", "sales"]
 ColumnType = Literal["text", "decimal", "integer", "timestamp"]
 
 COMPANY_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+COMPANY_RULE = (
+    "lowercase letters, digits, '-' and '_' (1-63 characters, starting with a letter or digit)"
+)
 ACCEPTED_SUFFIXES = (".csv.gz", ".csv", ".xlsx")
 IGNORED_SUFFIXES = (".part", ".tmp", ".crdownload")
 KEY_MAX_LENGTH = 64
@@ -119,3 +122,10 @@ def upload_suffix(filename: str) -> str | None:
 def is_ignored_name(filename: str) -> bool:
     """Hidden files and in-progress downloads are left alone until they are renamed."""
     return filename.startswith(".") or filename.lower().endswith(IGNORED_SUFFIXES)
+
+
+def company_problem(company: str, what: str = "company") -> str | None:
+    """Why `company` is not a tenant slug (`what` names it in the message), or None."""
+    if COMPANY_SLUG.fullmatch(company):
+        return None
+    return f"invalid {what} {company!r}: use {COMPANY_RULE}"

@@ -24,7 +24,7 @@ from xml.sax.saxutils import XMLGenerator
 from sqlalchemy import ColumnElement, Engine, Result, Table, select
 
 from etl_assets.services.aggregates import day_bounds
-from etl_assets.services.contract import COMPANY_SLUG
+from etl_assets.services.contract import company_problem
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.warehouse.schema import UtcDateTime, daily_sales, products, sales
 
@@ -83,10 +83,8 @@ def export_request(
     company: str, dataset: str, format: str, start: str | None = None, end: str | None = None
 ) -> ExportRequest:
     """Validate an export request; raises `ExportRequestError` with a message for the operator."""
-    if not COMPANY_SLUG.fullmatch(company):
-        raise ExportRequestError(
-            f"invalid company {company!r}: expected a slug matching {COMPANY_SLUG.pattern}"
-        )
+    if problem := company_problem(company):
+        raise ExportRequestError(problem)
     if dataset not in DATASETS:
         raise ExportRequestError(
             f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}"

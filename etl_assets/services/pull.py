@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from etl_assets.cli import UploadError, place_stream
-from etl_assets.services.contract import COMPANY_SLUG, is_ignored_name, upload_suffix
+from etl_assets.services.contract import company_problem, is_ignored_name, upload_suffix
+from etl_assets.services.imports.placing import UploadError, place_stream
 
 LINK = "is a symbolic link (links are not pulled)"
 # O_NOFOLLOW makes opening a link fail instead of opening what it points to.
@@ -168,8 +168,8 @@ def _candidates(root: Path, result: PullResult) -> Iterator[tuple[Path, str, int
                 result.skipped.append(f"{path}: {LINK}")
             elif not entry.is_dir(follow_symlinks=False):
                 result.skipped.append(f"{path}: not in a company directory")
-            elif not COMPANY_SLUG.fullmatch(entry.name):
-                result.skipped.append(f"{path}: invalid company directory name")
+            elif problem := company_problem(entry.name, "company directory"):
+                result.skipped.append(f"{path}: {problem}")
             else:
                 try:
                     directory = os.open(entry.name, _DIRECTORY, dir_fd=root_fd)

@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 
 from etl_assets.services import journal
 from etl_assets.services.companies import CompanyOptions, options_for
-from etl_assets.services.contract import COMPANY_SLUG, is_ignored_name, upload_suffix
+from etl_assets.services.contract import company_problem, is_ignored_name, upload_suffix
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing
 
@@ -252,11 +252,8 @@ def _path_problem(inbox: Path, path: Path, company: str | None, st: os.stat_resu
         return "symbolic links are not accepted: copy the file itself into the inbox"
     if company is None:
         return "not inside a company directory: put files in <inbox>/<company>/"
-    if not COMPANY_SLUG.fullmatch(company):
-        return (
-            f"invalid company directory {company!r}: use lowercase letters, digits, '-' and '_' "
-            "(1-63 characters, starting with a letter or digit)"
-        )
+    if problem := company_problem(company, "company directory"):
+        return problem
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if path.parent != inbox / company:
@@ -427,7 +424,7 @@ def _reject(
             conn,
             journal.UploadRecord(
                 upload_id=upload_id,
-                company=company if company and COMPANY_SLUG.fullmatch(company) else None,
+                company=company if company and not company_problem(company) else None,
                 original_name=_text(path.name),
                 sha256=sha256,
                 kind=None,

@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from etl_assets.services.aggregates import day_bounds
-from etl_assets.services.contract import COMPANY_SLUG
+from etl_assets.services.contract import company_problem
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 
@@ -205,8 +205,8 @@ def generate_monthly_report(
     engine: Engine, company: str, month: dt.date, timezone: str, directory: Path
 ) -> ReportResult:
     """Compute one company's monthly report and write its CSV, JSON, XML and PDF files."""
-    if not COMPANY_SLUG.fullmatch(company):
-        raise ValueError(f"invalid company slug {company!r}")
+    if problem := company_problem(company):
+        raise ValueError(problem)
     with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             # One snapshot for both queries, so the top products agree with the daily totals.
