@@ -95,7 +95,7 @@ CASES = [
 
 def run_child(case: Case, url: str, work: Path) -> Measurement:
     """Child: export the case's range to CSV and report rows, bytes, seconds and peak RSS."""
-    from etl_assets.services.exports import export_dataset, export_request
+    from etl_assets.services.reports.exports import export_dataset, export_request
 
     engine = make_engine(url)
     request = export_request(COMPANY, "sales", "csv", case.start, case.end)

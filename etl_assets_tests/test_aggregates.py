@@ -24,13 +24,13 @@ from etl_assets.defs.aggregates.sensors import (
 )
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.resources import WarehouseResource
-from etl_assets.services.aggregates import (
+from etl_assets.services.contract import QUANTITY_LIMIT
+from etl_assets.services.figures.aggregates import (
     CompanyDays,
     daily_sales_in_range,
     day_bounds,
     refresh_daily_sales,
 )
-from etl_assets.services.contract import QUANTITY_LIMIT
 from etl_assets.warehouse.schema import create_schema, daily_sales, make_engine, sales
 
 MADRID = "Europe/Madrid"

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from etl_assets.defs.maintenance.alerts import run_failure_alert_sensor
 from etl_assets.defs.resources import WarehouseResource, WebhookResource
-from etl_assets.services.alerts import new_failure, post_alert
+from etl_assets.services.maintenance.alerts import new_failure, post_alert
 from etl_assets.warehouse.schema import run_failures
 
 # Not URL-encoded, as a password pasted into a setting often is.

@@ -16,14 +16,14 @@ from sqlalchemy import Engine
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.reports.jobs import build_export_job
 from etl_assets.defs.resources import StorageResource, WarehouseResource
-from etl_assets.services.exports import (
+from etl_assets.services.output import atomic_open
+from etl_assets.services.reports.exports import (
     DATASETS,
     FORMATS,
     ExportRequestError,
     export_dataset,
     export_request,
 )
-from etl_assets.services.output import atomic_open
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import daily_sales, products, sales
 

@@ -16,7 +16,7 @@ from etl_assets.definitions import defs
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance.health import build_health_schedule, health_check_job
 from etl_assets.defs.resources import RedisResource, StorageResource, WarehouseResource
-from etl_assets.services.health import (
+from etl_assets.services.maintenance.health import (
     check_disk,
     check_inbox,
     check_redis,

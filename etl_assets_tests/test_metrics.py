@@ -20,7 +20,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.metrics import definitions as metrics
 from etl_assets.defs.metrics.assets import CACHE_TTL_SECONDS
 from etl_assets.defs.resources import RedisResource, WarehouseResource
-from etl_assets.services.metrics import (
+from etl_assets.services.figures.metrics import (
     NO_BRAND,
     CompanyFailure,
     CompanyMetrics,

@@ -20,9 +20,10 @@ from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
 from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
-from etl_assets.services import journal, pull
+from etl_assets.services import journal
 from etl_assets.services.contract import COMPANY_RULE
-from etl_assets.services.pull import PullError, PullResult, pull_sources
+from etl_assets.services.maintenance import pull
+from etl_assets.services.maintenance.pull import PullError, PullResult, pull_sources
 from etl_assets.services.registration import scan_inbox, upload_id_for
 from etl_assets.services.storage import StoragePaths
 

@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from etl_assets.samples import products_frame, sales_frame, write_csv, write_xlsx
 from etl_assets.services import journal, reading, registration
-from etl_assets.services.cleanup import plan_cleanup
+from etl_assets.services.maintenance.cleanup import plan_cleanup
 from etl_assets.services.registration import (
     ScanResult,
     landing_path,

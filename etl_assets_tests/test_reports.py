@@ -18,7 +18,8 @@ from etl_assets.definitions import defs
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.reports.assets import build_monthly_sales_report
 from etl_assets.defs.reports.schedules import build_monthly_reports_schedule
-from etl_assets.services.reports import ReportResult, generate_monthly_report
+from etl_assets.services.reports.model import ReportResult
+from etl_assets.services.reports.monthly import generate_monthly_report
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import products, sales
 

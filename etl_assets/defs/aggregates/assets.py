@@ -9,7 +9,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import WarehouseResource
-from etl_assets.services.aggregates import (
+from etl_assets.services.figures.aggregates import (
     CompanyDays,
     CompanyFailure,
     DailySalesResult,

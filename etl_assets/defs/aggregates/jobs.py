@@ -15,7 +15,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import WarehouseResource
-from etl_assets.services.aggregates import daily_sales_in_range, refresh_daily_sales
+from etl_assets.services.figures.aggregates import daily_sales_in_range, refresh_daily_sales
 
 daily_sales_job = dg.define_asset_job(
     "daily_sales_job",

@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from etl_assets.defs.resources import WarehouseResource, WebhookResource
-from etl_assets.services.alerts import new_failure, record_failure
+from etl_assets.services.maintenance.alerts import new_failure, record_failure
 from etl_assets.services.scrubbing import scrub
 
 

@@ -10,8 +10,8 @@ from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services import journal
-from etl_assets.services.cleanup import CleanupPlan, apply_cleanup, plan_cleanup
-from etl_assets.services.pull import PullError, PullResult, pull_sources
+from etl_assets.services.maintenance.cleanup import CleanupPlan, apply_cleanup, plan_cleanup
+from etl_assets.services.maintenance.pull import PullError, PullResult, pull_sources
 
 DRY_RUN = "dry run: nothing deleted, pass force: true"
 PULL_STATE_FILE = "pull-state.json"

@@ -11,7 +11,7 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.resources import RedisResource, WarehouseResource
-from etl_assets.services.metrics import (
+from etl_assets.services.figures.metrics import (
     CompanyMetrics,
     cache_metrics,
     compute_metrics,

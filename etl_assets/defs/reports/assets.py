@@ -9,7 +9,8 @@ from etl_assets.defs.execution import REPORTS_QUEUE, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.reports.partitions import COMPANY, MONTH, monthly_company_partitions
 from etl_assets.defs.resources import StorageResource, WarehouseResource
-from etl_assets.services.reports import ReportResult, generate_monthly_report
+from etl_assets.services.reports.model import ReportResult
+from etl_assets.services.reports.monthly import generate_monthly_report
 
 MONTHLY_SALES_REPORT = dg.AssetKey("monthly_sales_report")
 

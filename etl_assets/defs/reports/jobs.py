@@ -8,7 +8,7 @@ from etl_assets.defs.execution import REPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.assets import IO_RETRY
 from etl_assets.defs.reports.assets import MONTHLY_SALES_REPORT
 from etl_assets.defs.resources import StorageResource, WarehouseResource
-from etl_assets.services.exports import ExportRequestError, export_dataset, export_request
+from etl_assets.services.reports.exports import ExportRequestError, export_dataset, export_request
 
 monthly_reports_job = dg.define_asset_job(
     "monthly_reports_job",

@@ -11,7 +11,6 @@ import datetime as dt
 import io
 import json
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,92 +30,22 @@ from sqlalchemy import (
     union_all,
 )
 
-from etl_assets.services.aggregates import day_bounds
 from etl_assets.services.contract import company_problem
+from etl_assets.services.figures.aggregates import day_bounds
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
+from etl_assets.services.reports.model import (
+    DayFigures,
+    Figures,
+    MonthlyReport,
+    ProductFigures,
+    ReportFiles,
+    ReportResult,
+)
 from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 
 TOP_PRODUCTS = 10
 CENT = Decimal("0.01")
 FIGURES = ("revenue", "units", "transactions", "returns")
-
-
-@dataclass(frozen=True)
-class Figures:
-    """Sales figures of a period, defined as in `daily_sales`.
-
-    Revenue and units are net of returns; transactions counts every sales line, returns
-    included; returns counts the lines with a negative quantity.
-    """
-
-    revenue: Decimal
-    units: int
-    transactions: int
-    returns: int
-
-
-@dataclass(frozen=True)
-class DayFigures(Figures):
-    """The figures of one calendar day."""
-
-    day: dt.date
-
-
-@dataclass(frozen=True)
-class ProductFigures:
-    """One of the month's best-selling products, by net revenue."""
-
-    rank: int
-    sku: str
-    name: str | None
-    units: int
-    revenue: Decimal
-    transactions: int
-
-
-@dataclass(frozen=True)
-class MonthlyReport:
-    """The data of one company's monthly sales report."""
-
-    company: str
-    month: dt.date
-    timezone: str
-    days: list[DayFigures]
-    top_products: list[ProductFigures]
-    generated_at: dt.datetime
-
-    @property
-    def label(self) -> str:
-        """The month as `yyyy-mm`."""
-        return self.month.strftime("%Y-%m")
-
-    @property
-    def totals(self) -> Figures:
-        """The month's figures: the sum of its days."""
-        return Figures(
-            revenue=sum((d.revenue for d in self.days), Decimal("0.00")),
-            units=sum(d.units for d in self.days),
-            transactions=sum(d.transactions for d in self.days),
-            returns=sum(d.returns for d in self.days),
-        )
-
-
-@dataclass(frozen=True)
-class ReportFiles:
-    """The four files of one report."""
-
-    csv: Path
-    json: Path
-    xml: Path
-    pdf: Path
-
-
-@dataclass(frozen=True)
-class ReportResult:
-    """A report's data and where its files were written."""
-
-    report: MonthlyReport
-    files: ReportFiles
 
 
 def monthly_report(
@@ -233,7 +162,7 @@ def write_monthly_report(report: MonthlyReport, directory: Path) -> ReportFiles:
         stream.write(report_xml(report))
     # Imported here: matplotlib and fpdf add over a second to the start of every process that
     # loads the code location (each run worker, the code server), and only reports need them.
-    from etl_assets.services.report_pdf import report_pdf
+    from etl_assets.services.reports.pdf import report_pdf
 
     with atomic_open(files.pdf, "wb") as stream:
         stream.write(report_pdf(report))

@@ -14,7 +14,7 @@ from fpdf.enums import XPos, YPos
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from etl_assets.services.reports import MonthlyReport
+from etl_assets.services.reports.model import MonthlyReport
 
 # matplotlib ships DejaVu; fpdf2's built-in fonts are Latin-1 only and product names are not.
 _FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"

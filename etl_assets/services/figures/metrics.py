@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from etl_assets.services.aggregates import CompanyFailure, company_failure, money_sum
+from etl_assets.services.figures.aggregates import CompanyFailure, company_failure, money_sum
 from etl_assets.warehouse.schema import TIMESTAMP, dashboard_metrics, products, sales
 
 WINDOW_DAYS = 30

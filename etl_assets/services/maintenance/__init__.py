@@ -1,0 +1,1 @@
+"""Operations: pulling exports, cleaning up, checking health, recording run failures."""
