@@ -28,9 +28,9 @@ from etl_assets.services.contract import QUANTITY_LIMIT
 from etl_assets.services.figures.aggregates import (
     CompanyDays,
     daily_sales_in_range,
-    day_bounds,
     refresh_daily_sales,
 )
+from etl_assets.services.figures.sales_day import day_bounds
 from etl_assets.warehouse.schema import create_schema, daily_sales, make_engine, sales
 
 MADRID = "Europe/Madrid"

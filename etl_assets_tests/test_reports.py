@@ -12,16 +12,18 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 from pypdf import PdfReader
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from etl_assets.definitions import defs
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.reports.assets import build_monthly_sales_report
 from etl_assets.defs.reports.schedules import build_monthly_reports_schedule
+from etl_assets.services.contract import QUANTITY_LIMIT
+from etl_assets.services.figures.aggregates import refresh_daily_sales
 from etl_assets.services.reports.model import ReportResult
 from etl_assets.services.reports.monthly import generate_monthly_report
 from etl_assets.services.storage import StoragePaths
-from etl_assets.warehouse.schema import products, sales
+from etl_assets.warehouse.schema import daily_sales, products, sales
 
 TZ = "America/New_York"
 MONTH = dt.date(2025, 12, 1)
@@ -285,6 +287,30 @@ def test_csv_keeps_negative_figures_numbers(engine: Engine, paths: StoragePaths)
         "1",
     ]
     assert (rows["total"]["revenue"], rows["total"]["units"]) == ("-59.97", "-3")
+
+
+def test_report_revenue_is_daily_sales_revenue_even_past_64_bit_integers(
+    engine: Engine, paths: StoragePaths
+) -> None:
+    """Two lines of the largest quantity at a whole price: their product sum passes 2**63,
+    which SQLite's integer SUM refuses; the report sums money as daily_sales does."""
+    day = dt.datetime(2025, 12, 10, 12)
+    with engine.begin() as conn:
+        conn.execute(
+            sales.insert(),
+            [
+                _sale("acme", tid, day, "A", QUANTITY_LIMIT, "5000000000.00")
+                for tid in ("big-1", "big-2")
+            ],
+        )
+        refresh_daily_sales(conn, MONTH, MONTH.replace(day=31), TZ)
+        [daily] = conn.execute(select(daily_sales.c.revenue)).scalars().all()
+
+    result = _report(engine, paths)
+
+    [figures] = [d for d in result.report.days if d.day == day.date()]
+    assert figures.revenue == Decimal(2 * QUANTITY_LIMIT) * Decimal("5000000000.00")
+    assert figures.revenue == daily
 
 
 def test_rewriting_a_report_replaces_its_files_and_leaves_no_temporary(

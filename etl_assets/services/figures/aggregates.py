@@ -10,16 +10,12 @@ failing companies keep their previous figures; they are reported, never silently
 """
 
 import datetime as dt
-import itertools
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     Column,
-    ColumnElement,
     Connection,
     Date,
     Insert,
@@ -31,23 +27,12 @@ from sqlalchemy import (
     func,
     select,
     text,
-    type_coerce,
     union,
 )
 from sqlalchemy.exc import DBAPIError
 
-from etl_assets.warehouse.schema import TIMESTAMP, TOTAL, daily_sales, lock_for_writing, sales
-
-CENT = Decimal("0.01")
-
-
-@dataclass(frozen=True)
-class DayBounds:
-    """One local calendar day as a half-open UTC interval."""
-
-    day: dt.date
-    start_utc: dt.datetime
-    end_utc: dt.datetime
+from etl_assets.services.figures.sales_day import DayBounds, cents, day_bounds, money_sum, revenue
+from etl_assets.warehouse.schema import TIMESTAMP, daily_sales, lock_for_writing, sales
 
 
 @dataclass(frozen=True)
@@ -93,17 +78,6 @@ class DailySalesResult:
         return (self.last_day - self.first_day).days + 1
 
 
-def money_sum(dialect: str, amounts: ColumnElement[Any]) -> ColumnElement[Decimal]:
-    """The sum of amounts of money: exact on PostgreSQL, never "integer overflow" on SQLite.
-
-    SQLite keeps whole prices as integers, and its SUM of integers raises past 2**63 (two
-    lines of a billion units at 5,000,000,000.00 do); TOTAL adds as floats, which SQLite's
-    NUMERIC already is for every price with cents.
-    """
-    add = func.total if dialect == "sqlite" else func.sum
-    return type_coerce(add(amounts), TOTAL)
-
-
 def company_failure(company: str, exc: DBAPIError) -> CompanyFailure:
     """The company's failure, with the driver's message on one line (e.g. `integer overflow`).
 
@@ -112,20 +86,6 @@ def company_failure(company: str, exc: DBAPIError) -> CompanyFailure:
     if exc.connection_invalidated:
         raise exc
     return CompanyFailure(company, " ".join(str(exc.orig).split()))
-
-
-def day_bounds(first_day: dt.date, last_day: dt.date, timezone: str) -> list[DayBounds]:
-    """UTC bounds of each local day from `first_day` to `last_day` inclusive."""
-    if last_day < first_day:
-        raise ValueError(f"last day {last_day} is before first day {first_day}")
-    zone = ZoneInfo(timezone)
-    days = [first_day + dt.timedelta(days=n) for n in range((last_day - first_day).days + 1)]
-    # Each day ends where the next begins, so the intervals tile the range without gaps.
-    starts = [
-        dt.datetime.combine(d, dt.time(), zone).astimezone(dt.UTC)
-        for d in [*days, last_day + dt.timedelta(days=1)]
-    ]
-    return [DayBounds(d, s, e) for d, (s, e) in zip(days, itertools.pairwise(starts), strict=True)]
 
 
 def daily_sales_in_range(
@@ -146,8 +106,8 @@ def daily_sales_in_range(
         .order_by(daily_sales.c.company)
     )
     return [
-        CompanyDays(company, int(rows), first, last, _money(revenue))
-        for company, rows, first, last, revenue in conn.execute(query)
+        CompanyDays(company, int(rows), first, last, cents(amount))
+        for company, rows, first, last, amount in conn.execute(query)
     ]
 
 
@@ -199,7 +159,7 @@ def refresh_daily_sales(
         )
     ).one()
     result.rows_written = int(totals[0])
-    result.revenue = _money(totals[1])
+    result.revenue = cents(totals[1])
     result.units, result.transactions, result.returns = (int(v or 0) for v in totals[2:])
     result.seconds = time.perf_counter() - started
     return result
@@ -256,7 +216,7 @@ def _insert_statement(days: Table, dialect: str, company: str | None) -> Insert:
         select(
             sales.c.company,
             days.c.day,
-            func.round(money_sum(dialect, quantity * sales.c.unit_price), 2),
+            func.round(revenue(dialect), 2),
             func.sum(quantity),
             func.count(),
             func.sum(case((quantity < 0, 1), else_=0)),
@@ -270,8 +230,3 @@ def _insert_statement(days: Table, dialect: str, company: str | None) -> Insert:
         source = source.where(sales.c.company == company)
     columns = ["company", "day", "revenue", "units", "transactions", "returns", "distinct_products"]
     return daily_sales.insert().from_select(columns, source)
-
-
-def _money(value: object) -> Decimal:
-    # SQLite sums NUMERIC as binary floats; quantising gives both dialects the same cents.
-    return Decimal(str(value or 0)).quantize(CENT)

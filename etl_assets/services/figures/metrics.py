@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from redis import Redis
 from sqlalchemy import (
@@ -34,14 +33,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
-from etl_assets.services.figures.aggregates import CompanyFailure, company_failure, money_sum
+from etl_assets.services.figures.aggregates import CompanyFailure, company_failure
+from etl_assets.services.figures.sales_day import cents, day_bounds, money_sum, revenue
 from etl_assets.warehouse.schema import TIMESTAMP, dashboard_metrics, products, sales
 
 WINDOW_DAYS = 30
 NO_BRAND = "(unbranded)"
 """The `products_by_brand` bucket of products without a brand."""
-
-_CENT = Decimal("0.01")
 
 
 @dataclass(frozen=True)
@@ -138,16 +136,12 @@ class StoredMetrics:
 
 
 def _money(value: Decimal) -> str:
-    return str(value.quantize(_CENT))
+    return str(cents(value))
 
 
 def window_days(today: dt.date) -> list[dt.date]:
     """The `WINDOW_DAYS` days ending `today` inclusive, oldest first."""
     return [today - dt.timedelta(days=n) for n in range(WINDOW_DAYS - 1, -1, -1)]
-
-
-def _local_midnight(day: dt.date, zone: ZoneInfo) -> dt.datetime:
-    return dt.datetime.combine(day, dt.time(), tzinfo=zone).astimezone(dt.UTC)
 
 
 def _daily_query(today: dt.date, timezone: str, dialect: str) -> Select:
@@ -156,24 +150,23 @@ def _daily_query(today: dt.date, timezone: str, dialect: str) -> Select:
     Day boundaries are local midnights converted to UTC here, so the SQL is the same on every
     dialect and DST days have their true length (23 or 25 hours).
     """
-    zone = ZoneInfo(timezone)
     days = window_days(today)
-    bounds = [_local_midnight(d, zone) for d in [*days, today + dt.timedelta(days=1)]]
+    bounds = day_bounds(days[0], days[-1], timezone)
     windows = union_all(
         *(
             select(
                 literal(index, Integer).label("day_index"),
-                literal(bounds[index], TIMESTAMP).label("starts_at"),
-                literal(bounds[index + 1], TIMESTAMP).label("ends_at"),
+                literal(day.start_utc, TIMESTAMP).label("starts_at"),
+                literal(day.end_utc, TIMESTAMP).label("ends_at"),
             )
-            for index in range(len(days))
+            for index, day in enumerate(bounds)
         )
     ).subquery("windows")
     return (
         select(
             sales.c.company,
             windows.c.day_index,
-            money_sum(dialect, sales.c.quantity * sales.c.unit_price),
+            revenue(dialect),
             func.sum(sales.c.quantity),
         )
         .select_from(
@@ -183,7 +176,7 @@ def _daily_query(today: dt.date, timezone: str, dialect: str) -> Select:
             )
         )
         # The plain range lets PostgreSQL use the `sold_at` index before joining.
-        .where(sales.c.sold_at >= bounds[0], sales.c.sold_at < bounds[-1])
+        .where(sales.c.sold_at >= bounds[0].start_utc, sales.c.sold_at < bounds[-1].end_utc)
         .group_by(sales.c.company, windows.c.day_index)
     )
 
@@ -253,16 +246,16 @@ def _compute(
         sales.c.company,
         func.count(),
         func.sum(sales.c.quantity),
-        money_sum(dialect, sales.c.quantity * sales.c.unit_price),
+        revenue(dialect),
     ).group_by(sales.c.company)
-    for company, count, units, revenue in conn.execute(of(totals, sales.c.company)):
+    for company, count, units, amount in conn.execute(of(totals, sales.c.company)):
         entry(company).transactions = int(count)
         entry(company).units = int(units)
-        entry(company).revenue = revenue
+        entry(company).revenue = amount
 
     daily: dict[tuple[str, int], tuple[Decimal, int]] = {
-        (company, index): (revenue, int(units))
-        for company, index, revenue, units in conn.execute(
+        (company, index): (amount, int(units))
+        for company, index, amount, units in conn.execute(
             of(_daily_query(today, timezone, dialect), sales.c.company)
         )
     }

@@ -11,7 +11,6 @@ import datetime as dt
 import io
 import json
 import xml.etree.ElementTree as ET
-from decimal import Decimal
 from pathlib import Path
 
 from sqlalchemy import (
@@ -31,7 +30,7 @@ from sqlalchemy import (
 )
 
 from etl_assets.services.contract import company_problem
-from etl_assets.services.figures.aggregates import day_bounds
+from etl_assets.services.figures.sales_day import cents, day_bounds, revenue
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.services.reports.model import (
     DayFigures,
@@ -44,7 +43,6 @@ from etl_assets.services.reports.model import (
 from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 
 TOP_PRODUCTS = 10
-CENT = Decimal("0.01")
 FIGURES = ("revenue", "units", "transactions", "returns")
 
 
@@ -73,18 +71,18 @@ def monthly_report(
         sales.c.sold_at < days.c.ends_at,
     )
     daily = (
-        select(days.c.day, *_figure_columns())
+        select(days.c.day, *_figure_columns(conn.dialect.name))
         .select_from(days.outerjoin(sales, in_day))
         .group_by(days.c.day)
         .order_by(days.c.day)
     )
-    revenue = _revenue()
+    net_revenue = _revenue(conn.dialect.name)
     best = (
         select(
             sales.c.sku,
             products.c.name,
             cast(func.sum(sales.c.quantity), BigInteger).label("units"),
-            revenue,
+            net_revenue,
             func.count().label("transactions"),
         )
         .select_from(
@@ -98,7 +96,7 @@ def monthly_report(
             sales.c.sold_at < bounds[-1].end_utc,
         )
         .group_by(sales.c.sku, products.c.name)
-        .order_by(revenue.desc(), sales.c.sku)
+        .order_by(net_revenue.desc(), sales.c.sku)
         .limit(top)
     )
     return MonthlyReport(
@@ -108,7 +106,7 @@ def monthly_report(
         days=[
             DayFigures(
                 day=row.day,
-                revenue=_cents(row.revenue),
+                revenue=cents(row.revenue),
                 units=row.units,
                 transactions=row.transactions,
                 returns=row.returns,
@@ -121,7 +119,7 @@ def monthly_report(
                 sku=row.sku,
                 name=row.name,
                 units=row.units,
-                revenue=_cents(row.revenue),
+                revenue=cents(row.revenue),
                 transactions=row.transactions,
             )
             for rank, row in enumerate(conn.execute(best), start=1)
@@ -231,16 +229,14 @@ def report_xml(report: MonthlyReport) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def _revenue() -> Label:
+def _revenue(dialect: str) -> Label:
     # Typed as MONEY so SQLite's float sum comes back as a Decimal rounded to cents.
-    return type_coerce(
-        func.coalesce(func.sum(sales.c.quantity * sales.c.unit_price), 0), MONEY
-    ).label("revenue")
+    return type_coerce(func.coalesce(revenue(dialect), 0), MONEY).label("revenue")
 
 
-def _figure_columns() -> list[Label]:
+def _figure_columns(dialect: str) -> list[Label]:
     return [
-        _revenue(),
+        _revenue(dialect),
         cast(func.coalesce(func.sum(sales.c.quantity), 0), BigInteger).label("units"),
         func.count(sales.c.transaction_id).label("transactions"),
         func.count(case((sales.c.quantity < 0, 1))).label("returns"),
@@ -263,7 +259,3 @@ def _figures_dict(figures: Figures) -> dict[str, str | int]:
 def _figure_elements(parent: ET.Element, figures: Figures) -> None:
     for name, value in zip(FIGURES, _values(figures), strict=True):
         ET.SubElement(parent, name).text = value
-
-
-def _cents(amount: Decimal) -> Decimal:
-    return amount.quantize(CENT)
