@@ -4,13 +4,16 @@ import json
 import time
 
 import dagster as dg
+from sqlalchemy import Engine
 
 from etl_assets.defs.imports.assets import IMPORT_ASSETS, import_job
 from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services import journal
-from etl_assets.services.batches import MAX_ATTEMPTS, Batch, plan_batches
+from etl_assets.services.batches import MAX_ATTEMPTS, Batch, Plan, plan_batches
+from etl_assets.services.companies import CompaniesFile
 from etl_assets.services.registration import ScanResult, scan_inbox
+from etl_assets.services.storage import StoragePaths
 
 COMPANY_TAG = "etl/company"
 UPLOADS_TAG = "etl/uploads"
@@ -124,19 +127,7 @@ def upload_sensor(
     engine, paths = warehouse.engine(), storage.paths()
     previous = _cursor(context.cursor)
     companies_file = import_settings.companies()
-    # An unreadable companies file holds every company's files back, a bad entry only its own.
-    scan = (
-        ScanResult()
-        if companies_file.error
-        else scan_inbox(
-            engine,
-            paths,
-            companies_file.options,
-            settle_seconds=import_settings.settle_seconds,
-            now=time.time(),
-            held=set(companies_file.invalid),
-        )
-    )
+    scan = _scan(engine, paths, companies_file, import_settings.settle_seconds)
     # Live runs first, then the journal: a run that ends in between leaves its uploads finished.
     busy = _busy_companies(context.instance)
     with engine.connect() as conn:
@@ -147,33 +138,9 @@ def upload_sensor(
         if upload.company and (problem := companies_file.problem(upload.company))
     }
     plan = plan_batches(unfinished, busy | set(held), import_settings.batch_limits())
-    with engine.begin() as conn:
-        for company, problem in held.items():
-            journal.note_held(conn, company, f"waiting for the companies file: {problem}")
-        for upload in plan.exhausted:
-            journal.give_up(conn, upload.upload_id, _give_up_message(context.instance, upload))
-        for batch in plan.batches:
-            for upload in batch.uploads:
-                journal.mark_offered(
-                    conn, upload.upload_id, _offer_message(context.instance, upload)
-                )
-    if scan.registered or scan.rejected or scan.duplicates:
-        context.log.info(
-            f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
-            f"duplicates {len(scan.duplicates)}, waiting to settle {scan.waiting}"
-        )
-    for error in scan.errors:
-        context.log.warning(f"left in the inbox, will retry: {error}")
+    _journal_plan(context.instance, engine, plan, held)
     problems = companies_file.problems()
-    if problems != previous.get("problems", []):
-        for problem in problems:
-            context.log.error(f"uploads held back until the companies file is fixed: {problem}")
-        if not problems:
-            context.log.info("the companies file is valid again: held uploads are imported")
-    for upload in plan.exhausted:
-        context.log.warning(f"gave up on {upload.upload_id} after {MAX_ATTEMPTS} attempts")
-    for batch in plan.batches:
-        context.log.info(f"batch for {batch.company}: {', '.join(batch.upload_ids)}")
+    _log_tick(context, scan, plan, problems, problems != previous.get("problems", []))
     # A company becomes a partition (of imports and reports) with its first batch.
     new_companies = sorted(
         batch.company
@@ -188,3 +155,59 @@ def upload_sensor(
         ),
         cursor=_new_cursor(max(seen) if seen else None, problems),
     )
+
+
+def _scan(
+    engine: Engine, paths: StoragePaths, companies_file: CompaniesFile, settle_seconds: int
+) -> ScanResult:
+    """Register settled files; an unreadable companies file holds every company's files back,
+    a bad entry only its own."""
+    if companies_file.error:
+        return ScanResult()
+    return scan_inbox(
+        engine,
+        paths,
+        companies_file.options,
+        settle_seconds=settle_seconds,
+        now=time.time(),
+        held=set(companies_file.invalid),
+    )
+
+
+def _journal_plan(
+    instance: dg.DagsterInstance, engine: Engine, plan: Plan, held: dict[str, str]
+) -> None:
+    """Record what this tick decided: why held uploads wait, which are given up, which offered."""
+    with engine.begin() as conn:
+        for company, problem in held.items():
+            journal.note_held(conn, company, f"waiting for the companies file: {problem}")
+        for upload in plan.exhausted:
+            journal.give_up(conn, upload.upload_id, _give_up_message(instance, upload))
+        for batch in plan.batches:
+            for upload in batch.uploads:
+                journal.mark_offered(conn, upload.upload_id, _offer_message(instance, upload))
+
+
+def _log_tick(
+    context: dg.SensorEvaluationContext,
+    scan: ScanResult,
+    plan: Plan,
+    problems: list[str],
+    problems_changed: bool,
+) -> None:
+    if scan.registered or scan.rejected or scan.duplicates:
+        context.log.info(
+            f"registered {len(scan.registered)}, rejected {len(scan.rejected)}, "
+            f"duplicates {len(scan.duplicates)}, waiting to settle {scan.waiting}"
+        )
+    for error in scan.errors:
+        context.log.warning(f"left in the inbox, will retry: {error}")
+    if problems_changed:
+        for problem in problems:
+            context.log.error(f"uploads held back until the companies file is fixed: {problem}")
+        if not problems:
+            context.log.info("the companies file is valid again: held uploads are imported")
+    for upload in plan.exhausted:
+        context.log.warning(f"gave up on {upload.upload_id} after {MAX_ATTEMPTS} attempts")
+    for batch in plan.batches:
+        context.log.info(f"batch for {batch.company}: {', '.join(batch.upload_ids)}")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Date,
     Engine,
     Label,
+    Select,
     and_,
     case,
     cast,
@@ -30,7 +31,7 @@ from sqlalchemy import (
 )
 
 from etl_assets.services.contract import company_problem
-from etl_assets.services.figures.sales_day import cents, day_bounds, revenue
+from etl_assets.services.figures.sales_day import DayBounds, cents, day_bounds, revenue
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.services.reports.model import (
     DayFigures,
@@ -53,8 +54,42 @@ def monthly_report(
     first = month.replace(day=1)
     last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
     bounds = day_bounds(first, last, timezone)
-    # A literal table of the month's days (no temporary table: the report only reads), outer
-    # joined so that days without sales are still rows.
+    dialect = conn.dialect.name
+    return MonthlyReport(
+        company=company,
+        month=first,
+        timezone=timezone,
+        days=[
+            DayFigures(
+                day=row.day,
+                revenue=cents(row.revenue),
+                units=row.units,
+                transactions=row.transactions,
+                returns=row.returns,
+            )
+            for row in conn.execute(_daily_query(company, bounds, dialect))
+        ],
+        top_products=[
+            ProductFigures(
+                rank=rank,
+                sku=row.sku,
+                name=row.name,
+                units=row.units,
+                revenue=cents(row.revenue),
+                transactions=row.transactions,
+            )
+            for rank, row in enumerate(
+                conn.execute(_top_products_query(company, bounds, dialect, top)), start=1
+            )
+        ],
+        generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+    )
+
+
+def _daily_query(company: str, bounds: list[DayBounds], dialect: str) -> Select:
+    """The figures of each day of `bounds`, days without sales included (as zeros)."""
+    # A literal table of the days (no temporary table: the report only reads), outer joined so
+    # that days without sales are still rows.
     days = union_all(
         *[
             select(
@@ -70,14 +105,18 @@ def monthly_report(
         sales.c.sold_at >= days.c.starts_at,
         sales.c.sold_at < days.c.ends_at,
     )
-    daily = (
-        select(days.c.day, *_figure_columns(conn.dialect.name))
+    return (
+        select(days.c.day, *_figure_columns(dialect))
         .select_from(days.outerjoin(sales, in_day))
         .group_by(days.c.day)
         .order_by(days.c.day)
     )
-    net_revenue = _revenue(conn.dialect.name)
-    best = (
+
+
+def _top_products_query(company: str, bounds: list[DayBounds], dialect: str, top: int) -> Select:
+    """The `top` products of the period by net revenue, then SKU, with their names."""
+    net_revenue = _revenue(dialect)
+    return (
         select(
             sales.c.sku,
             products.c.name,
@@ -98,33 +137,6 @@ def monthly_report(
         .group_by(sales.c.sku, products.c.name)
         .order_by(net_revenue.desc(), sales.c.sku)
         .limit(top)
-    )
-    return MonthlyReport(
-        company=company,
-        month=first,
-        timezone=timezone,
-        days=[
-            DayFigures(
-                day=row.day,
-                revenue=cents(row.revenue),
-                units=row.units,
-                transactions=row.transactions,
-                returns=row.returns,
-            )
-            for row in conn.execute(daily)
-        ],
-        top_products=[
-            ProductFigures(
-                rank=rank,
-                sku=row.sku,
-                name=row.name,
-                units=row.units,
-                revenue=cents(row.revenue),
-                transactions=row.transactions,
-            )
-            for rank, row in enumerate(conn.execute(best), start=1)
-        ],
-        generated_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
     )
 
 
