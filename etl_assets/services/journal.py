@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sqlalchemy import Connection, Engine, func, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_assets.services.scrubbing import scrub
+from etl_assets.warehouse.dialect import insert_unless_present
 from etl_assets.warehouse.schema import uploads
 
 Status = Literal["received", "processing", "completed", "rejected", "failed", "duplicate"]
@@ -68,12 +68,7 @@ def now_utc() -> dt.datetime:
 
 def record(conn: Connection, entry: UploadRecord) -> bool:
     """Insert a journal row unless one with that id exists; True when inserted."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    values = {k: v for k, v in entry.__dict__.items()}
-    statement = insert(uploads).values(**values).on_conflict_do_nothing()
-    # psycopg 3 reports rowcount -1 for INSERT unless SQLAlchemy is asked to keep it.
-    result = conn.execute(statement.execution_options(preserve_rowcount=True))
-    return result.rowcount == 1
+    return insert_unless_present(conn, uploads, dict(entry.__dict__))
 
 
 def get(conn: Connection, upload_id: str) -> UploadRecord | None:

@@ -26,13 +26,13 @@ from sqlalchemy import (
     delete,
     func,
     select,
-    text,
     union,
 )
 from sqlalchemy.exc import DBAPIError
 
-from etl_assets.services.figures.sales_day import DayBounds, cents, day_bounds, money_sum, revenue
-from etl_assets.warehouse.schema import TIMESTAMP, daily_sales, lock_for_writing, sales
+from etl_assets.services.figures.sales_day import DayBounds, cents, day_bounds, revenue
+from etl_assets.warehouse.dialect import lock_against_other_writers, money_sum
+from etl_assets.warehouse.schema import TIMESTAMP, daily_sales, sales
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,8 @@ def refresh_daily_sales(
     started = time.perf_counter()
     bounds = day_bounds(first_day, last_day, timezone)
     result = DailySalesResult(first_day=first_day, last_day=last_day, timezone=timezone)
-    _lock(conn)
+    # Serialise refreshes: two overlapping ones would both insert the same keys.
+    lock_against_other_writers(conn, daily_sales)
     before = daily_sales_in_range(conn, first_day, last_day)
     days = _bounds_table(conn)
     conn.execute(
@@ -186,15 +187,6 @@ def _companies(conn: Connection, bounds: list[DayBounds]) -> list[str]:
         daily_sales.c.day.between(bounds[0].day, bounds[-1].day)
     )
     return sorted(conn.execute(union(selling, listed)).scalars())
-
-
-def _lock(conn: Connection) -> None:
-    """Serialise refreshes: two overlapping ones would both insert the same keys."""
-    if conn.dialect.name == "postgresql":
-        # Blocks other writers of daily_sales until commit; readers are not blocked.
-        conn.execute(text("LOCK TABLE daily_sales IN SHARE ROW EXCLUSIVE MODE"))
-    else:
-        lock_for_writing(conn)
 
 
 def _bounds_table(conn: Connection) -> Table:

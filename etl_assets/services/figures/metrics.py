@@ -34,7 +34,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError
 
 from etl_assets.services.figures.aggregates import CompanyFailure, company_failure
-from etl_assets.services.figures.sales_day import cents, day_bounds, money_sum, revenue
+from etl_assets.services.figures.sales_day import cents, day_bounds, revenue
+from etl_assets.warehouse.dialect import money_sum
 from etl_assets.warehouse.schema import TIMESTAMP, dashboard_metrics, products, sales
 
 WINDOW_DAYS = 30

@@ -11,12 +11,12 @@ import datetime as dt
 import itertools
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, type_coerce
+from sqlalchemy import ColumnElement
 
-from etl_assets.warehouse.schema import TOTAL, sales
+from etl_assets.warehouse.dialect import money_sum
+from etl_assets.warehouse.schema import sales
 
 CENT = Decimal("0.01")
 
@@ -42,17 +42,6 @@ def day_bounds(first_day: dt.date, last_day: dt.date, timezone: str) -> list[Day
         for d in [*days, last_day + dt.timedelta(days=1)]
     ]
     return [DayBounds(d, s, e) for d, (s, e) in zip(days, itertools.pairwise(starts), strict=True)]
-
-
-def money_sum(dialect: str, amounts: ColumnElement[Any]) -> ColumnElement[Decimal]:
-    """The sum of amounts of money: exact on PostgreSQL, never "integer overflow" on SQLite.
-
-    SQLite keeps whole prices as integers, and its SUM of integers raises past 2**63 (two
-    lines of a billion units at 5,000,000,000.00 do); TOTAL adds as floats, which SQLite's
-    NUMERIC already is for every price with cents.
-    """
-    add = func.total if dialect == "sqlite" else func.sum
-    return type_coerce(add(amounts), TOTAL)
 
 
 def revenue(dialect: str) -> ColumnElement[Decimal]:

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from etl_assets.services.scrubbing import scrub
+from etl_assets.warehouse.dialect import insert_unless_present
 from etl_assets.warehouse.schema import run_failures
 
 # An alert is a summary for a person; the full error stays in the Dagster run.
@@ -53,19 +53,17 @@ def new_failure(
 
 def record_failure(conn: Connection, failure: FailureRecord) -> bool:
     """Insert the failure; False when its run was already recorded (a replayed sensor tick)."""
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    result = conn.execute(
-        insert(run_failures)
-        .values(
-            run_id=failure.run_id,
-            job_name=failure.job_name,
-            error_class=failure.error_class,
-            message=failure.message,
-            failed_at=failure.failed_at,
-        )
-        .on_conflict_do_nothing(index_elements=["run_id"])
+    return insert_unless_present(
+        conn,
+        run_failures,
+        {
+            "run_id": failure.run_id,
+            "job_name": failure.job_name,
+            "error_class": failure.error_class,
+            "message": failure.message,
+            "failed_at": failure.failed_at,
+        },
     )
-    return result.rowcount == 1
 
 
 def post_alert(url: str, payload: Mapping[str, object], timeout: float) -> int:

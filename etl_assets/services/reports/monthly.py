@@ -41,6 +41,7 @@ from etl_assets.services.reports.model import (
     ReportFiles,
     ReportResult,
 )
+from etl_assets.warehouse.dialect import read_one_snapshot
 from etl_assets.warehouse.schema import MONEY, TIMESTAMP, products, sales
 
 TOP_PRODUCTS = 10
@@ -147,9 +148,8 @@ def generate_monthly_report(
     if problem := company_problem(company):
         raise ValueError(problem)
     with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # One snapshot for both queries, so the top products agree with the daily totals.
-            conn.execution_options(isolation_level="REPEATABLE READ")
+        # One snapshot for both queries, so the top products agree with the daily totals.
+        read_one_snapshot(conn)
         with conn.begin():
             report = monthly_report(conn, company, month, timezone)
     return ReportResult(report=report, files=write_monthly_report(report, directory))
