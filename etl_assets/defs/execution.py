@@ -10,6 +10,13 @@ still queued (or held by a worker that died) waits forever for the revoked task 
 back. Here a step is only sent once a worker consumes its queue (else the run fails, saying
 which queue), and revoking a step also takes its message off the broker and records it as
 revoked, so the run worker stops and no worker starts the step later.
+
+A step has one time limit, celery's hard `task_time_limit`: its worker kills the step's process
+and acknowledges the task. The run worker records that as the step's failure, saying so
+(`StepTimeLimitExceeded`), instead of the anonymous `TimeLimitExceeded` upstream reports. There
+is no soft limit: celery raises it from a signal handler wherever the step happens to be, so
+SQLAlchemy swallows it in a garbage collection callback or wraps it as an error the step's retry
+policy retries.
 """
 
 import functools
@@ -19,13 +26,17 @@ from collections.abc import Iterator
 
 import dagster as dg
 from celery import Celery
+from celery.exceptions import TimeLimitExceeded
 from celery.result import AsyncResult
 from dagster._core.events import DagsterEvent
-from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.context.system import IStepContext, PlanOrchestrationContext
+from dagster._core.execution.plan.objects import StepFailureData
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.state import KnownExecutionState
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
+from dagster._serdes import serialize_value
+from dagster._utils.error import SerializableErrorInfo
 from dagster_celery import celery_executor
 from dagster_celery.core_execution_loop import core_celery_execution_loop
 from dagster_celery.defaults import broker_transport_options
@@ -40,10 +51,11 @@ DEFAULT_QUEUE = "dagster"
 
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 
-SOFT_TIME_LIMIT_SECONDS = 1800
-HARD_TIME_LIMIT_SECONDS = 1900
+# Celery copies the sender's limit into each task message, and workers apply that one: this
+# value, the run worker's, is what counts (`celery_worker.yaml` only repeats it).
+TIME_LIMIT_SECONDS = 1800
 # An unacknowledged task is redelivered after this long. With prefetch 1 a worker holds at most
-# one waiting task besides the running one, so a delivered task may wait a full hard limit and
+# one waiting task besides the running one, so a delivered task may wait a full time limit and
 # then run for one: redelivery must come later than both, or a step would run twice at once.
 VISIBILITY_TIMEOUT_SECONDS = 7200
 
@@ -53,8 +65,7 @@ CELERY_SETTINGS: dict[str, object] = {
     "task_reject_on_worker_lost": True,
     # Steps are long: a worker must not reserve steps that another, idle worker could run.
     "worker_prefetch_multiplier": 1,
-    "task_soft_time_limit": SOFT_TIME_LIMIT_SECONDS,
-    "task_time_limit": HARD_TIME_LIMIT_SECONDS,
+    "task_time_limit": TIME_LIMIT_SECONDS,
     # Recycle worker processes, so memory held by pandas and matplotlib is given back.
     "worker_max_tasks_per_child": 50,
     # dagster-celery's publish retry defaults, kept: this dict replaces them whole.
@@ -127,12 +138,58 @@ def purge_task(app: Celery, queue: str, task_id: str) -> int:
     return removed
 
 
-class QueuedStep(AsyncResult):
-    """A submitted step whose revoke also purges it from the broker (`purge_task`)."""
+class StepTimeLimitExceeded(RuntimeError):
+    """A celery worker killed a step's process at the time limit (`task_time_limit`)."""
 
-    def __init__(self, task_id: str, app: Celery, queue: str) -> None:
+    def __init__(self, step_key: str, seconds: float) -> None:
+        super().__init__(
+            f"step {step_key!r} was stopped by its celery worker at the time limit of "
+            f"{seconds:g} s (task_time_limit); it is not retried"
+        )
+
+
+def time_limit_failure(step_context: IStepContext, limit: TimeLimitExceeded) -> DagsterEvent:
+    """The step's failure, recorded in the run's event log, for a step stopped at `limit`."""
+    # The limit the worker applied: the one the run worker's settings put in the task message.
+    seconds = float(limit.args[0]) if limit.args else TIME_LIMIT_SECONDS
+    failure = StepTimeLimitExceeded(step_context.step.key, seconds)
+    # No stack: the step's frames died with its process, and the run worker's say nothing.
+    error = SerializableErrorInfo(
+        message=f"{type(failure).__name__}: {failure}\n", stack=[], cls_name=type(failure).__name__
+    )
+    return DagsterEvent.step_failure_event(
+        step_context,
+        StepFailureData(error=error, user_failure_data=None),
+        message=str(failure),
+    )
+
+
+class QueuedStep(AsyncResult):
+    """A submitted step whose revoke also purges it from the broker (`purge_task`), and whose
+    process killed at the time limit ends as the step's failure (`StepTimeLimitExceeded`).
+
+    dagster-celery's loop records an exception of `get` as "an exception was thrown during
+    execution", raised once the steps in flight end: a failure of the run, not of the step. A
+    STEP_FAILURE event fails the step instead, neither retried by its RetryPolicy (it would
+    only be stopped again) nor by run retries, skips what depends on it, and is the error the
+    run's failure shows.
+    """
+
+    def __init__(
+        self, task_id: str, app: Celery, queue: str, step_context: IStepContext | None = None
+    ) -> None:
         super().__init__(task_id, app=app)
         self.broker_queue = queue
+        self.step_context = step_context
+
+    def get(self, *args: object, **kwargs: object) -> list[str]:
+        """The step's serialised events, as the worker returned them or for its time limit."""
+        try:
+            return super().get(*args, **kwargs)
+        except TimeLimitExceeded as limit:
+            if self.step_context is None:
+                raise
+            return [serialize_value(time_limit_failure(self.step_context, limit))]
 
     def revoke(self, *args: object, **kwargs: object) -> None:
         super().revoke(*args, **kwargs)
@@ -160,7 +217,7 @@ def _submit_when_consumed(
                 f"-A dagster_celery.app -y celery_worker.yaml -q {queue}`"
             )
     result = _submit_task(app, plan_context, step, queue, priority, known_state)
-    return QueuedStep(result.id, app=app, queue=queue)
+    return QueuedStep(result.id, app=app, queue=queue, step_context=plan_context.for_step(step))
 
 
 class GuardedCeleryExecutor(CeleryExecutor):
