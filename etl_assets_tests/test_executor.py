@@ -20,6 +20,7 @@ from celery import Celery
 from celery.exceptions import TaskRevokedError
 from dagster_celery.cli import get_validated_config
 from dagster_celery.config import TASK_EXECUTE_PLAN_NAME
+from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
 from redis import Redis
 
 from etl_assets.definitions import build_definitions, defs
@@ -31,12 +32,11 @@ from etl_assets.defs.execution import (
     purge_task,
     queue_consumers,
 )
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import IO_RETRY, QUEUE_TAG
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER_CONFIG = REPO / "celery_worker.yaml"
 VENV_BIN = Path(sys.executable).parent
-QUEUE_TAG = "dagster-celery/queue"
 # A database of its own on the local Redis: the tests empty it before and after use.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/14"
 
@@ -206,6 +206,10 @@ def test_worker_config_file_is_the_executor_config(clean_env: pytest.MonkeyPatch
     assert validated["broker"] == "redis://:pw@redis:6379/0"
     assert validated["backend"] == "redis://:pw@redis:6379/1"
     assert validated["config_source"] == CELERY_SETTINGS
+
+
+def test_the_queue_tag_is_the_one_dagster_celery_routes_by() -> None:
+    assert QUEUE_TAG == DAGSTER_CELERY_QUEUE_TAG
 
 
 def test_every_step_has_its_queue() -> None:

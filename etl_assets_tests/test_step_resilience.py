@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, func, make_url, select
 
 from etl_assets.definitions import build_definitions
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import IO_RETRY
 from etl_assets.samples import products_frame, write_csv
 from etl_assets.services import journal
 from etl_assets.services.registration import scan_inbox

@@ -1,4 +1,4 @@
-"""How steps run: celery queues per workload, run-time budgets per job, the celery settings.
+"""How steps run: the executor, and the celery settings it and the workers share.
 
 The celery settings are shared by the executor (`definitions.py`, `ETL_EXECUTOR=celery`) and
 the workers (`celery_worker.yaml` at the repository root holds the same block; a test keeps
@@ -41,15 +41,6 @@ from dagster_celery import celery_executor
 from dagster_celery.core_execution_loop import core_celery_execution_loop
 from dagster_celery.defaults import broker_transport_options
 from dagster_celery.executor import CeleryExecutor, _submit_task
-from dagster_celery.tags import DAGSTER_CELERY_QUEUE_TAG
-
-IMPORTS_QUEUE = "imports"
-AGGREGATES_QUEUE = "aggregates"
-REPORTS_QUEUE = "reports"
-# dagster-celery's own default queue, for the light maintenance steps.
-DEFAULT_QUEUE = "dagster"
-
-MAX_RUNTIME_TAG = "dagster/max_runtime"
 
 # Celery copies the sender's limit into each task message, and workers apply that one: this
 # value, the run worker's, is what counts (`celery_worker.yaml` only repeats it).
@@ -84,16 +75,6 @@ CELERY_EXECUTOR_CONFIG: dict[str, object] = {
     "backend": {"env": "CELERY_RESULT_BACKEND"},
     "config_source": CELERY_SETTINGS,
 }
-
-
-def on_queue(queue: str) -> dict[str, str]:
-    """Op tags sending the step to a celery queue (the other executors ignore them)."""
-    return {DAGSTER_CELERY_QUEUE_TAG: queue}
-
-
-def max_runtime(seconds: int) -> dict[str, str]:
-    """Job tags with which run monitoring fails a run still going after `seconds`."""
-    return {MAX_RUNTIME_TAG: str(seconds)}
 
 
 class NoWorkerForQueue(RuntimeError):

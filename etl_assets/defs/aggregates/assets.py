@@ -6,8 +6,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import AGGREGATES_QUEUE, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import AGGREGATES_GROUP, AGGREGATES_QUEUE, IO_RETRY, on_queue
 from etl_assets.defs.resources import WarehouseResource
 from etl_assets.services.figures.aggregates import (
     CompanyDays,
@@ -90,7 +89,7 @@ def build_daily_sales(calendar: Calendar) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         # Lineage only: a day's figures read the `sales` table of every company.
         deps=[dg.AssetDep("sales", partition_mapping=dg.AllPartitionMapping())],
-        group_name="aggregates",
+        group_name=AGGREGATES_GROUP,
         kinds={"sql"},
         # On the definition, not on each event: a 365-day backfill writes 365 events.
         metadata={"dagster/column_schema": COLUMN_SCHEMA},

@@ -12,8 +12,7 @@ from etl_assets.defs.aggregates.assets import (
     refresh_metadata,
 )
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import AGGREGATES_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import WarehouseResource
 from etl_assets.services.figures.aggregates import daily_sales_in_range, refresh_daily_sales
 

@@ -3,18 +3,14 @@ imports a batch of the company's uploads."""
 
 import dagster as dg
 
-from etl_assets.defs.execution import IMPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.imports.checks import check_results, check_specs
 from etl_assets.defs.partitions import companies
+from etl_assets.defs.policies import IMPORTS_GROUP, IMPORTS_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.batches import BatchError
 from etl_assets.services.contract import KINDS, Kind
 from etl_assets.services.results import SAMPLE_SIZE, BatchResult
 
-# Warehouse and file I/O can fail transiently; bad data never raises, so it is never retried.
-IO_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 # A batch is at most ETL_IMPORT_BATCH_MAX_UPLOADS files and ETL_IMPORT_BATCH_MAX_BYTES bytes.
 IMPORT_MAX_RUNTIME_SECONDS = 3600
 PREVIEW_LENGTH = 80
@@ -143,7 +139,7 @@ def _import(
 
 @dg.asset(
     partitions_def=companies,
-    group_name="imports",
+    group_name=IMPORTS_GROUP,
     kinds={"pandas", "sql"},
     check_specs=check_specs("products", orphans=False),
     retry_policy=IO_RETRY,
@@ -162,7 +158,7 @@ def products(
 
 @dg.asset(
     partitions_def=companies,
-    group_name="imports",
+    group_name=IMPORTS_GROUP,
     kinds={"pandas", "sql"},
     deps=[products],
     check_specs=check_specs("sales", orphans=True),

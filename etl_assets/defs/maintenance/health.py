@@ -3,7 +3,7 @@
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
+from etl_assets.defs.policies import DEFAULT_QUEUE, max_runtime, on_queue
 from etl_assets.defs.resources import RedisResource, StorageResource, WarehouseResource
 from etl_assets.services.maintenance.health import GIB, CheckResult, failed, run_health_checks
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from etl_assets.defs.execution import DEFAULT_QUEUE, max_runtime, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import DEFAULT_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services import journal
 from etl_assets.services.maintenance.cleanup import CleanupPlan, apply_cleanup, plan_cleanup

@@ -8,8 +8,13 @@ import dagster as dg
 
 from etl_assets.defs.aggregates.assets import companies_failure
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import AGGREGATES_QUEUE, max_runtime, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import (
+    AGGREGATES_QUEUE,
+    IO_RETRY,
+    METRICS_GROUP,
+    max_runtime,
+    on_queue,
+)
 from etl_assets.defs.resources import RedisResource, WarehouseResource
 from etl_assets.services.figures.metrics import (
     CompanyMetrics,
@@ -77,7 +82,7 @@ def build_dashboard_metrics(calendar: Calendar) -> dg.AssetsDefinition:
     """The asset, with "today" and the last-30-days window in the calendar's timezone."""
 
     @dg.asset(
-        group_name="metrics",
+        group_name=METRICS_GROUP,
         kinds={"sql", "redis"},
         deps=["products", "sales"],
         retry_policy=IO_RETRY,

@@ -5,8 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import REPORTS_QUEUE, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import IO_RETRY, REPORTS_GROUP, REPORTS_QUEUE, on_queue
 from etl_assets.defs.reports.partitions import COMPANY, MONTH, monthly_company_partitions
 from etl_assets.defs.resources import StorageResource, WarehouseResource
 from etl_assets.services.reports.model import ReportResult
@@ -51,7 +50,7 @@ def build_monthly_sales_report(calendar: Calendar) -> dg.AssetsDefinition:
         # Lineage only: a company's report reads that company's `sales` and `products` (Dagster
         # maps the report's `company` dimension onto their partitions).
         deps=["sales", "products"],
-        group_name="reports",
+        group_name=REPORTS_GROUP,
         kinds={"sql", "pdf"},
         retry_policy=IO_RETRY,
         op_tags=on_queue(REPORTS_QUEUE),

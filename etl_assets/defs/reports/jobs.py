@@ -4,8 +4,7 @@ import dagster as dg
 from pydantic import Field
 
 from etl_assets.defs.calendar import Calendar
-from etl_assets.defs.execution import REPORTS_QUEUE, max_runtime, on_queue
-from etl_assets.defs.imports.assets import IO_RETRY
+from etl_assets.defs.policies import IO_RETRY, REPORTS_QUEUE, max_runtime, on_queue
 from etl_assets.defs.reports.assets import MONTHLY_SALES_REPORT
 from etl_assets.defs.resources import StorageResource, WarehouseResource
 from etl_assets.services.reports.exports import ExportRequestError, export_dataset, export_request
