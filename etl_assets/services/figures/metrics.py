@@ -234,44 +234,22 @@ def _compute(
         return query if only is None else query.where(company_column == only)
 
     dialect = conn.dialect.name
-    stock = select(
-        products.c.company,
-        func.count(),
-        money_sum(dialect, products.c.unit_price * products.c.stock_quantity),
-    ).group_by(products.c.company)
-    for company, count, value in conn.execute(of(stock, products.c.company)):
+    for company, count, value in conn.execute(of(_stock_query(dialect), products.c.company)):
         entry(company).products = int(count)
         entry(company).stock_value = value
-
-    totals = select(
-        sales.c.company,
-        func.count(),
-        func.sum(sales.c.quantity),
-        revenue(dialect),
-    ).group_by(sales.c.company)
-    for company, count, units, amount in conn.execute(of(totals, sales.c.company)):
+    for company, count, units, amount in conn.execute(of(_totals_query(dialect), sales.c.company)):
         entry(company).transactions = int(count)
         entry(company).units = int(units)
         entry(company).revenue = amount
-
+    for attribute, query in _product_count_queries():
+        for company, key, count in conn.execute(of(query, products.c.company)):
+            getattr(entry(company), attribute)[key] = int(count)
     daily: dict[tuple[str, int], tuple[Decimal, int]] = {
         (company, index): (amount, int(units))
         for company, index, amount, units in conn.execute(
             of(_daily_query(today, timezone, dialect), sales.c.company)
         )
     }
-
-    brand = func.coalesce(products.c.brand, NO_BRAND)
-    for column, attribute in (
-        (products.c.category, "products_by_category"),
-        (brand, "products_by_brand"),
-    ):
-        query = select(products.c.company, column, func.count()).group_by(
-            products.c.company, column
-        )
-        for company, key, count in conn.execute(of(query, products.c.company)):
-            getattr(entry(company), attribute)[key] = int(count)
-
     days = window_days(today)
     for company, figures in metrics.items():
         figures.last_30_days = [
@@ -279,6 +257,37 @@ def _compute(
             for index, day in enumerate(days)
         ]
     return [metrics[company] for company in sorted(metrics)]
+
+
+def _stock_query(dialect: str) -> Select:
+    """Products and stock value per company."""
+    return select(
+        products.c.company,
+        func.count(),
+        money_sum(dialect, products.c.unit_price * products.c.stock_quantity),
+    ).group_by(products.c.company)
+
+
+def _totals_query(dialect: str) -> Select:
+    """Sales lines, units and net revenue per company, all time."""
+    return select(
+        sales.c.company, func.count(), func.sum(sales.c.quantity), revenue(dialect)
+    ).group_by(sales.c.company)
+
+
+def _product_count_queries() -> list[tuple[str, Select]]:
+    """Products per company and category, and per company and brand (`NO_BRAND` when none)."""
+    brand = func.coalesce(products.c.brand, NO_BRAND)
+    return [
+        (
+            attribute,
+            select(products.c.company, column, func.count()).group_by(products.c.company, column),
+        )
+        for attribute, column in (
+            ("products_by_category", products.c.category),
+            ("products_by_brand", brand),
+        )
+    ]
 
 
 def store_metrics(engine: Engine, metrics: Sequence[CompanyMetrics]) -> StoredMetrics:
