@@ -74,8 +74,8 @@ from redis import Redis
 from scratch_db import DEFAULT_URL, create_database, drop_database
 from sqlalchemy import Engine, column, func, make_url, select, table
 
+from etl_assets.contract import KINDS
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.services.contract import KINDS
 from etl_assets.services.imports.placing import place_upload
 from etl_assets.warehouse.schema import TABLES, make_engine, uploads
 

@@ -1,13 +1,14 @@
 """Shared fixtures: real SQLite files and real PostgreSQL, real temporary directories.
 
-PostgreSQL comes from `ETL_TEST_POSTGRES_URL` (default: the local server, user `postgres`).
-A dialect-parametrised test (`warehouse_url`, hence `engine` and `resources`) gets a schema of
-its own in one database created for the whole session: its URL sets `search_path` to that
-schema alone (temporary tables still go to the session's own `pg_temp`), so every table,
-sequence and index the test creates lives there, and the schema is dropped with CASCADE
-afterwards, its connections ended first. A schema costs milliseconds where a database costs a
-few hundred; the warehouse creates nothing at database level (no extensions, roles or advisory
-locks), so a schema isolates it as well. A test that needs a whole database (Dagster instance
+PostgreSQL comes from `ETL_TEST_POSTGRES_URL` (default: the local server, user `postgres`). A
+dialect-parametrised test (`warehouse_url`, hence `engine` and `resources`) gets a schema of its
+own in one database created for the whole session: its URL sets `search_path` to that schema
+alone (temporary tables still go to the session's own `pg_temp`), so every table, sequence and
+index the test creates lives there, and the schema is dropped with CASCADE afterwards, its
+connections ended first. A schema costs milliseconds where a database costs a few hundred; the
+warehouse creates nothing at database level (no extensions or roles), so a schema isolates it as
+well. Its advisory locks (one per table and company, for a transaction) are database-wide, which
+is harmless while tests run one at a time. A test that needs a whole database (Dagster instance
 storage, `pg_stat_activity` of its own database) takes `pg_url`: a database of its own, dropped
 afterwards. A server that cannot be reached fails the test: `make test` starts it, and nothing
 here is skipped.

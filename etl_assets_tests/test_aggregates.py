@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine, delete, event, func, select, text
 
+from etl_assets.contract import QUANTITY_LIMIT
 from etl_assets.defs.aggregates import definitions as aggregates
 from etl_assets.defs.aggregates.assets import build_daily_sales
 from etl_assets.defs.aggregates.jobs import build_rebuild_aggregates_job, daily_sales_job
@@ -24,7 +25,6 @@ from etl_assets.defs.aggregates.sensors import (
 )
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.resources import WarehouseResource
-from etl_assets.services.contract import QUANTITY_LIMIT
 from etl_assets.services.figures.aggregates import (
     CompanyDays,
     daily_sales_in_range,

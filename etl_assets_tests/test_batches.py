@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import Engine, func, select
 
+from etl_assets.contract import Kind
 from etl_assets.samples import products_frame, sales_frame, write_csv
 from etl_assets.services import journal
 from etl_assets.services.batches import (
@@ -19,7 +20,6 @@ from etl_assets.services.batches import (
     resolve_uploads,
 )
 from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.contract import Kind
 from etl_assets.services.importer import import_batch, import_upload
 from etl_assets.services.registration import landing_path, scan_inbox
 from etl_assets.services.results import BatchResult, ImportSettings

@@ -2,7 +2,7 @@
 
 import pytest
 
-from etl_assets.services.contract import (
+from etl_assets.contract import (
     COMPANY_SLUG,
     KINDS,
     PRODUCTS,

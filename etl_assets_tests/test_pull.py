@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine
 
+from etl_assets.contract import COMPANY_RULE
 from etl_assets.definitions import build_domains
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance import definitions as maintenance
@@ -21,7 +22,6 @@ from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
 from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
 from etl_assets.services import journal
-from etl_assets.services.contract import COMPANY_RULE
 from etl_assets.services.maintenance import pull
 from etl_assets.services.maintenance.pull import PullError, PullResult, pull_sources
 from etl_assets.services.registration import scan_inbox, upload_id_for

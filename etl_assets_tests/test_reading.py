@@ -12,9 +12,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
+from etl_assets.contract import PRODUCTS, SALES
 from etl_assets.samples import products_frame, sales_frame, write_csv, write_xlsx
 from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.contract import PRODUCTS, SALES
 from etl_assets.services.reading import StructuralError, iter_chunks, read_header
 from etl_assets.services.results import ImportSettings
 

@@ -14,11 +14,11 @@ import pytest
 from pypdf import PdfReader
 from sqlalchemy import Engine, select
 
+from etl_assets.contract import QUANTITY_LIMIT
 from etl_assets.definitions import defs
 from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.reports.assets import build_monthly_sales_report
 from etl_assets.defs.reports.schedules import build_monthly_reports_schedule
-from etl_assets.services.contract import QUANTITY_LIMIT
 from etl_assets.services.figures.aggregates import refresh_daily_sales
 from etl_assets.services.reports.model import ReportResult
 from etl_assets.services.reports.monthly import generate_monthly_report

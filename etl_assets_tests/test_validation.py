@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from etl_assets.services.contract import KEY_MAX_LENGTH, PRODUCTS, SALES
+from etl_assets.contract import KEY_MAX_LENGTH, PRODUCTS, SALES
 from etl_assets.services.validation import (
     ERROR_COLUMNS,
     ParseSettings,

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from etl_assets.contract import PRODUCTS, SALES
 from etl_assets.services import journal
 from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.contract import PRODUCTS, SALES
 from etl_assets.services.importer import ImportSettings, import_upload
 from etl_assets.services.validation import (
     ERROR_COLUMNS,

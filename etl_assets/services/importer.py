@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
+from etl_assets.contract import KINDS, Kind
 from etl_assets.services import journal
 from etl_assets.services.batches import DONE, resolve_uploads
 from etl_assets.services.companies import CompanyOptions, options_for
-from etl_assets.services.contract import KINDS, Kind
 from etl_assets.services.output import csv_row
 from etl_assets.services.reading import StructuralError, iter_chunks, read_header
 from etl_assets.services.registration import landing_path
@@ -35,6 +35,7 @@ from etl_assets.warehouse.loading import (
     company_rows,
     loader_for,
     orphan_skus,
+    refresh_statistics,
 )
 
 
@@ -251,6 +252,8 @@ def import_upload(
             engine, upload_id, f"interrupted ({type(exc).__name__}); will be offered again"
         )
         raise
+    # After the journal says how the import ended: the import stands whatever happens here.
+    refresh_statistics(engine, kind, result.rows_imported)
     result.reject_sample = rejects.sample
     log.info(
         f"import {upload_id}: {result.status}, {result.rows_read:,} rows read in "

@@ -29,14 +29,14 @@ import pandas as pd
 from openpyxl.utils import range_boundaries
 from pandas.api.types import infer_dtype
 
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.contract import (
+from etl_assets.contract import (
     Kind,
     KindSpec,
     detect_kind,
     resolve_columns,
     upload_suffix,
 )
+from etl_assets.services.companies import CompanyOptions
 from etl_assets.services.results import ImportSettings
 
 SAMPLE_BYTES = 64 * 1024

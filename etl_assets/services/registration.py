@@ -32,9 +32,9 @@ from typing import BinaryIO
 
 from sqlalchemy import Engine
 
+from etl_assets.contract import company_problem, is_ignored_name, upload_suffix
 from etl_assets.services import journal
 from etl_assets.services.companies import CompanyOptions, options_for
-from etl_assets.services.contract import company_problem, is_ignored_name, upload_suffix
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing
 

@@ -7,8 +7,8 @@ assets that report them without importing the import machinery.
 import json
 from dataclasses import dataclass, field
 
+from etl_assets.contract import Kind
 from etl_assets.services import journal
-from etl_assets.services.contract import Kind
 
 SAMPLE_SIZE = 10
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from etl_assets.services.contract import KEY_MAX_LENGTH, PRODUCTS, QUANTITY_LIMIT, KindSpec
+from etl_assets.contract import KEY_MAX_LENGTH, PRODUCTS, QUANTITY_LIMIT, KindSpec
 
 MAX_PRICE = 9_999_999_999.99
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1

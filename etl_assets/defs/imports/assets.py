@@ -3,12 +3,12 @@ imports a batch of the company's uploads."""
 
 import dagster as dg
 
+from etl_assets.contract import KINDS, Kind
 from etl_assets.defs.imports.checks import check_results, check_specs
 from etl_assets.defs.partitions import companies
 from etl_assets.defs.policies import IMPORTS_GROUP, IMPORTS_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.batches import BatchError
-from etl_assets.services.contract import KINDS, Kind
 from etl_assets.services.results import SAMPLE_SIZE, BatchResult
 
 # A batch is at most ETL_IMPORT_BATCH_MAX_UPLOADS files and ETL_IMPORT_BATCH_MAX_BYTES bytes.

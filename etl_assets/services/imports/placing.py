@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from etl_assets.services.contract import company_problem, upload_suffix
+from etl_assets.contract import company_problem, upload_suffix
 
 
 class UploadError(Exception):

@@ -39,7 +39,7 @@ from sqlalchemy import (
     select,
 )
 
-from etl_assets.services.contract import upload_suffix
+from etl_assets.contract import upload_suffix
 from etl_assets.services.registration import REASON_SUFFIX
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing, uploads

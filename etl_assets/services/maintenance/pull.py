@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from etl_assets.services.contract import company_problem, is_ignored_name, upload_suffix
+from etl_assets.contract import company_problem, is_ignored_name, upload_suffix
 from etl_assets.services.imports.placing import UploadError, place_stream
 
 LINK = "is a symbolic link (links are not pulled)"

@@ -23,7 +23,7 @@ from xml.sax.saxutils import XMLGenerator
 
 from sqlalchemy import ColumnElement, Engine, Result, Table, select
 
-from etl_assets.services.contract import company_problem
+from etl_assets.contract import company_problem
 from etl_assets.services.figures.sales_day import day_bounds
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.warehouse.schema import UtcDateTime, daily_sales, products, sales

@@ -30,7 +30,7 @@ from sqlalchemy import (
     union_all,
 )
 
-from etl_assets.services.contract import company_problem
+from etl_assets.contract import company_problem
 from etl_assets.services.figures.sales_day import DayBounds, cents, day_bounds, revenue
 from etl_assets.services.output import atomic_open, csv_row, xml_safe
 from etl_assets.services.reports.model import (
