@@ -70,7 +70,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 from etl_assets.warehouse.schema import (
     MONEY,
     TIMESTAMP,
@@ -241,8 +241,8 @@ def import_file(engine: Engine, path: Path, work: Path, expect: str, rows: int) 
     Raises unless the import completed with `rows` rows counted as `expect` ("imported" or
     "updated").
     """
-    from etl_assets.services.companies import CompanyOptions
-    from etl_assets.services.importer import ImportSettings, import_upload
+    from etl_assets.services.imports.companies import CompanyOptions
+    from etl_assets.services.imports.importer import ImportSettings, import_upload
 
     upload_id = f"{COMPANY}.{uuid.uuid4().hex[:16]}"
     with engine.begin() as conn:
@@ -491,10 +491,10 @@ def run_merges(url: str, case: Case, work: Path) -> dict[str, float]:
 def run_copy_formats(url: str, case: Case) -> dict[str, float]:
     """Seconds to stage the validated chunks of the file with CSV text COPY and binary COPY."""
     from etl_assets.contract import SALES
-    from etl_assets.services.companies import CompanyOptions
-    from etl_assets.services.importer import ImportSettings
-    from etl_assets.services.reading import iter_chunks, read_header
-    from etl_assets.services.validation import resolve_settings, validate_chunk
+    from etl_assets.services.imports.companies import CompanyOptions
+    from etl_assets.services.imports.importer import ImportSettings
+    from etl_assets.services.imports.reading import iter_chunks, read_header
+    from etl_assets.services.imports.validation import resolve_settings, validate_chunk
     from etl_assets.warehouse.loading import PostgresLoader, copy_csv
 
     path, options, settings = Path(case.file), CompanyOptions(), ImportSettings()

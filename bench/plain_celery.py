@@ -14,11 +14,11 @@ import yaml
 from celery import Celery
 from sqlalchemy import Engine
 
-from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.importer import import_upload
-from etl_assets.services.registration import landing_path, scan_inbox
-from etl_assets.services.results import ImportSettings
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.importer import import_upload
+from etl_assets.services.imports.registration import landing_path, scan_inbox
+from etl_assets.services.imports.results import ImportSettings
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import make_engine
 

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, func, select
 from etl_assets.defs.imports.assets import products, sales
 from etl_assets.defs.resources import ImportSettingsResource
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse import schema
 from etl_assets.warehouse.schema import create_schema, make_engine

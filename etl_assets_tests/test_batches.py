@@ -11,18 +11,18 @@ from sqlalchemy import Engine, func, select
 
 from etl_assets.contract import Kind
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.batches import (
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.batches import (
     MAX_ATTEMPTS,
     BatchError,
     BatchLimits,
     plan_batches,
     resolve_uploads,
 )
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.importer import import_batch, import_upload
-from etl_assets.services.registration import landing_path, scan_inbox
-from etl_assets.services.results import BatchResult, ImportSettings
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.importer import import_batch, import_upload
+from etl_assets.services.imports.registration import landing_path, scan_inbox
+from etl_assets.services.imports.results import BatchResult, ImportSettings
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse import schema
 

@@ -17,12 +17,12 @@ from etl_assets.defs.calendar import Calendar
 from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.maintenance.jobs import DRY_RUN, cleanup_job
 from etl_assets.samples import sales_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.companies import options_for
-from etl_assets.services.importer import ImportSettings, import_upload
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import options_for
+from etl_assets.services.imports.importer import ImportSettings, import_upload
+from etl_assets.services.imports.registration import landing_path, scan_inbox, upload_id_for
 from etl_assets.services.maintenance import cleanup
 from etl_assets.services.maintenance.cleanup import REASON_SUFFIX, apply_cleanup, plan_cleanup
-from etl_assets.services.registration import landing_path, scan_inbox, upload_id_for
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import uploads
 

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from etl_assets.cli import main
 from etl_assets.samples import products_frame, write_csv
 from etl_assets.services.imports import placing
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 
 # Readable by nobody, root included (mode 0200 on procfs), on any Linux machine.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from etl_assets.services.companies import CompanyOptions, read_companies_file
+from etl_assets.services.imports.companies import CompanyOptions, read_companies_file
 
 
 def _read(tmp_path: Path, text: str):

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import Engine, select
 
-from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.importer import ImportSettings, import_upload
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.importer import ImportSettings, import_upload
 from etl_assets.services.output import csv_row
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import products

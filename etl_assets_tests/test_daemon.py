@@ -29,8 +29,8 @@ from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.events.log import EventLogEntry
 
 from etl_assets.samples import sales_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
 

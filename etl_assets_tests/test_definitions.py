@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from etl_assets.definitions import build_definitions, build_resources, defs
-from etl_assets.services.batches import BatchLimits
+from etl_assets.services.imports.batches import BatchLimits
 
 
 @pytest.fixture

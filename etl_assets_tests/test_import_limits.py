@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.services.importer import ImportSettings
+from etl_assets.services.imports.importer import ImportSettings
 from etl_assets.warehouse.schema import products, sales
 from etl_assets_tests.test_importer import (
     REJECTS_HEADER,

@@ -29,9 +29,9 @@ from etl_assets.samples import (
     write_csv,
     write_xlsx,
 )
-from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.importer import ImportSettings, import_upload
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.importer import ImportSettings, import_upload
 from etl_assets.warehouse.schema import TABLES, products, sales
 
 LOG = logging.getLogger("etl_assets_tests.importer")
@@ -802,8 +802,8 @@ CRASH_CHILD = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from etl_assets.services.companies import CompanyOptions
-    from etl_assets.services.importer import ImportSettings, import_upload
+    from etl_assets.services.imports.companies import CompanyOptions
+    from etl_assets.services.imports.importer import ImportSettings, import_upload
     from etl_assets.warehouse.schema import make_engine
 
     args = json.loads(sys.argv[1])

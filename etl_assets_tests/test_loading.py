@@ -11,7 +11,7 @@ from sqlalchemy import Engine, func, inspect, select
 
 from etl_assets.contract import SALES
 from etl_assets.samples import sales_frame
-from etl_assets.services.validation import ParseSettings, validate_chunk
+from etl_assets.services.imports.validation import ParseSettings, validate_chunk
 from etl_assets.warehouse.loading import (
     MergeCounts,
     _work_mem_kb,

@@ -21,10 +21,10 @@ from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.maintenance.jobs import PULL_STATE_FILE, pull_job
 from etl_assets.defs.maintenance.schedules import NOT_CONFIGURED
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.registration import scan_inbox, upload_id_for
 from etl_assets.services.maintenance import pull
 from etl_assets.services.maintenance.pull import PullError, PullResult, pull_sources
-from etl_assets.services.registration import scan_inbox, upload_id_for
 from etl_assets.services.storage import StoragePaths
 
 OLD = 1_000_000_000.0

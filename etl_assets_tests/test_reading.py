@@ -14,9 +14,9 @@ import pytest
 
 from etl_assets.contract import PRODUCTS, SALES
 from etl_assets.samples import products_frame, sales_frame, write_csv, write_xlsx
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.reading import StructuralError, iter_chunks, read_header
-from etl_assets.services.results import ImportSettings
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.imports.results import ImportSettings
 
 PRODUCT_HEADER = "sku,name,category,brand,unit_price,stock_quantity"
 ACCENTED = [

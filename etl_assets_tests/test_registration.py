@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import Engine, select
 
 from etl_assets.samples import products_frame, sales_frame, write_csv, write_xlsx
-from etl_assets.services import journal, reading, registration
-from etl_assets.services.maintenance.cleanup import plan_cleanup
-from etl_assets.services.registration import (
+from etl_assets.services.imports import journal, reading, registration
+from etl_assets.services.imports.registration import (
     ScanResult,
     landing_path,
     scan_inbox,
     upload_id_for,
 )
+from etl_assets.services.maintenance.cleanup import plan_cleanup
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import uploads
 

@@ -6,7 +6,7 @@ import time
 import pytest
 from sqlalchemy import Engine
 
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 from etl_assets.services.scrubbing import MASK, scrub
 
 # Input, expected output: each row is one decision about what is a secret.

@@ -15,9 +15,9 @@ from etl_assets.defs.imports.assets import import_job
 from etl_assets.defs.imports.sensors import upload_sensor
 from etl_assets.defs.resources import ImportSettingsResource
 from etl_assets.samples import products_frame, sales_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.batches import MAX_ATTEMPTS
-from etl_assets.services.registration import upload_id_for
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.batches import MAX_ATTEMPTS
+from etl_assets.services.imports.registration import upload_id_for
 from etl_assets.services.storage import StoragePaths
 
 # mtimes far in the past: a cursor derived from the wall clock could never equal them.

@@ -16,8 +16,8 @@ from sqlalchemy import Engine, func, make_url, select
 from etl_assets.definitions import build_definitions
 from etl_assets.defs.policies import IO_RETRY
 from etl_assets.samples import products_frame, write_csv
-from etl_assets.services import journal
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse import schema
 from etl_assets.warehouse.schema import create_schema, make_engine

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, func, select
 from etl_assets.definitions import build_definitions
 from etl_assets.defs.execution import CELERY_EXECUTOR_CONFIG, CELERY_SETTINGS
 from etl_assets.samples import sales_frame, write_csv
-from etl_assets.services.registration import scan_inbox
+from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, lock_for_writing, make_engine, sales, uploads
 from etl_assets_tests.test_executor import (

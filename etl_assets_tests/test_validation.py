@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from etl_assets.contract import KEY_MAX_LENGTH, PRODUCTS, SALES
-from etl_assets.services.validation import (
+from etl_assets.services.imports.validation import (
     ERROR_COLUMNS,
     ParseSettings,
     resolve_settings,

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from etl_assets.contract import PRODUCTS, SALES
-from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.importer import ImportSettings, import_upload
-from etl_assets.services.validation import (
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.importer import ImportSettings, import_upload
+from etl_assets.services.imports.validation import (
     ERROR_COLUMNS,
     ParseSettings,
     parse_integers,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, MetaData, Numeric, Table, func, inspect, select
 
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 from etl_assets.warehouse.schema import (
     create_schema,
     daily_sales,

@@ -9,10 +9,10 @@ import dagster as dg
 from redis import Redis
 from sqlalchemy import Engine
 
-from etl_assets.services.batches import BatchLimits
-from etl_assets.services.companies import CompaniesFile, read_companies_file
+from etl_assets.services.imports.batches import BatchLimits
+from etl_assets.services.imports.companies import CompaniesFile, read_companies_file
+from etl_assets.services.imports.results import ImportSettings
 from etl_assets.services.maintenance.alerts import post_alert
-from etl_assets.services.results import ImportSettings
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
 

@@ -8,8 +8,8 @@ from etl_assets.defs.imports.checks import check_results, check_specs
 from etl_assets.defs.partitions import companies
 from etl_assets.defs.policies import IMPORTS_GROUP, IMPORTS_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
-from etl_assets.services.batches import BatchError
-from etl_assets.services.results import SAMPLE_SIZE, BatchResult
+from etl_assets.services.imports.batches import BatchError
+from etl_assets.services.imports.results import SAMPLE_SIZE, BatchResult
 
 # A batch is at most ETL_IMPORT_BATCH_MAX_UPLOADS files and ETL_IMPORT_BATCH_MAX_BYTES bytes.
 IMPORT_MAX_RUNTIME_SECONDS = 3600
@@ -108,7 +108,7 @@ def _import(
 ) -> dg.MaterializeResult:
     # Imported here, not at the top: pandas, pandera and openpyxl load in the import step only,
     # not in every run process that loads the code location.
-    from etl_assets.services.importer import import_batch
+    from etl_assets.services.imports.importer import import_batch
 
     company = context.partition_key
     companies_file = import_settings.companies()

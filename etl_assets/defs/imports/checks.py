@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from etl_assets.services.results import BatchResult
+from etl_assets.services.imports.results import BatchResult
 
 VALIDATION = "validation"
 ORPHAN_SKUS = "orphan_skus"

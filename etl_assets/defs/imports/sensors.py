@@ -9,10 +9,10 @@ from sqlalchemy import Engine
 from etl_assets.defs.imports.assets import IMPORT_ASSETS, import_job
 from etl_assets.defs.partitions import companies
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
-from etl_assets.services import journal
-from etl_assets.services.batches import MAX_ATTEMPTS, Batch, Plan, plan_batches
-from etl_assets.services.companies import CompaniesFile
-from etl_assets.services.registration import ScanResult, scan_inbox
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.batches import MAX_ATTEMPTS, Batch, Plan, plan_batches
+from etl_assets.services.imports.companies import CompaniesFile
+from etl_assets.services.imports.registration import ScanResult, scan_inbox
 from etl_assets.services.storage import StoragePaths
 
 COMPANY_TAG = "etl/company"

@@ -8,7 +8,7 @@ import dagster as dg
 
 from etl_assets.defs.policies import DEFAULT_QUEUE, IO_RETRY, max_runtime, on_queue
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 from etl_assets.services.maintenance.cleanup import CleanupPlan, apply_cleanup, plan_cleanup
 from etl_assets.services.maintenance.pull import PullError, PullResult, pull_sources
 

@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 
 from etl_assets.contract import upload_suffix
-from etl_assets.services.registration import REASON_SUFFIX
+from etl_assets.services.imports.registration import REASON_SUFFIX
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing, uploads
 

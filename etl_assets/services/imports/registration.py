@@ -33,8 +33,8 @@ from typing import BinaryIO
 from sqlalchemy import Engine
 
 from etl_assets.contract import company_problem, is_ignored_name, upload_suffix
-from etl_assets.services import journal
-from etl_assets.services.companies import CompanyOptions, options_for
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.companies import CompanyOptions, options_for
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import lock_for_writing
 
@@ -233,7 +233,7 @@ def _kind(
     path: Path, company_options: dict[str, CompanyOptions], company: str
 ) -> tuple[str | None, str]:
     """The kind the header names and "", or None and why there is none."""
-    from etl_assets.services.reading import StructuralError, read_header
+    from etl_assets.services.imports.reading import StructuralError, read_header
 
     try:
         header = read_header(path, options_for(company_options, company))

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from etl_assets.contract import Kind
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 
 SAMPLE_SIZE = 10
 

@@ -13,13 +13,12 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from etl_assets.contract import KINDS, Kind
-from etl_assets.services import journal
-from etl_assets.services.batches import DONE, resolve_uploads
-from etl_assets.services.companies import CompanyOptions, options_for
-from etl_assets.services.output import csv_row
-from etl_assets.services.reading import StructuralError, iter_chunks, read_header
-from etl_assets.services.registration import landing_path
-from etl_assets.services.results import (
+from etl_assets.services.imports import journal
+from etl_assets.services.imports.batches import DONE, resolve_uploads
+from etl_assets.services.imports.companies import CompanyOptions, options_for
+from etl_assets.services.imports.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.imports.registration import landing_path
+from etl_assets.services.imports.results import (
     SAMPLE_SIZE,
     BatchEntry,
     BatchResult,
@@ -27,8 +26,9 @@ from etl_assets.services.results import (
     ImportSettings,
     RowError,
 )
+from etl_assets.services.imports.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
+from etl_assets.services.output import csv_row
 from etl_assets.services.storage import StoragePaths
-from etl_assets.services.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
 from etl_assets.warehouse.loading import (
     Duplicate,
     DuplicateCounts,

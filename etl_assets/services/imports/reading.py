@@ -36,8 +36,8 @@ from etl_assets.contract import (
     resolve_columns,
     upload_suffix,
 )
-from etl_assets.services.companies import CompanyOptions
-from etl_assets.services.results import ImportSettings
+from etl_assets.services.imports.companies import CompanyOptions
+from etl_assets.services.imports.results import ImportSettings
 
 SAMPLE_BYTES = 64 * 1024
 SCAN_BLOCK = 1024 * 1024

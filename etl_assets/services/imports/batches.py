@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from etl_assets.contract import KINDS, Kind
-from etl_assets.services import journal
+from etl_assets.services.imports import journal
 
 MAX_ATTEMPTS = 3
 # Terminal outcomes of an import; a retry of the same step skips uploads it already ended so.
