@@ -12,13 +12,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from base64 import b64encode
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ from sqlalchemy import Engine, column, create_engine, func, select, table
 from etl_assets.samples import products_frame, sales_frame, write_csv
 from etl_assets.services.imports.placing import place_upload
 from etl_assets.warehouse.schema import daily_sales, products, sales, uploads
+from etl_assets_tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 300
@@ -70,17 +70,6 @@ def _ran_on(directory: Path, worker: str, step: str) -> bool:
         f" - {step} - ASSET_MATERIALIZATION" in log.read_text(errors="replace")
         for log in (directory / "logs").glob(f"{worker}*.log")
     )
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    """Poll `condition` until it holds; the seconds it took. Fails the test at the deadline."""
-    started = time.monotonic()
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"{what}: not within {seconds:.0f}s")
-        pause.wait(0.5)  # a condition poll with a deadline, not a fixed sleep
-    return time.monotonic() - started
 
 
 def _free_port() -> int:
@@ -366,7 +355,7 @@ def test_uploads_run_on_the_celery_workers_behind_the_authenticating_proxy(
             _ran_on(cluster.directory, worker, step) for worker, step in STEPS
         )
 
-    elapsed = _wait_for(done, DEADLINE_SECONDS, "both uploads imported and daily_sales refreshed")
+    elapsed = wait_for(done, DEADLINE_SECONDS, "both uploads imported and daily_sales refreshed")
     print(f"cluster: both uploads completed and daily_sales filled in {elapsed:.0f}s")
 
     assert journal() == {"products.csv": ("completed", 300), "sales.csv": ("completed", 2000)}
@@ -389,7 +378,7 @@ def test_a_job_launched_through_the_graphql_api_completes(cluster: Cluster) -> N
         statuses.append(client.get_run_status(run_id))
         return statuses[-1] in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 
-    elapsed = _wait_for(finished, 120, "the GraphQL-launched run finished")
+    elapsed = wait_for(finished, 120, "the GraphQL-launched run finished")
     print(f"cluster: GraphQL launch answered in {answered:.1f}s, run done in {elapsed:.0f}s")
 
     assert answered < 5, "the launch mutation should return the run id at once"
@@ -404,7 +393,7 @@ def test_two_uploads_import_at_the_same_time_on_the_two_import_workers(
     for company in companies:
         cluster.drop(long_sales, company)
 
-    _wait_for(
+    wait_for(
         lambda: all(_run_ended(instance, company) for company in companies),
         DEADLINE_SECONDS,
         "both import runs ended",
@@ -433,14 +422,14 @@ def test_a_killed_worker_s_step_is_redelivered_and_imports_exactly_once(
     def importing() -> bool:
         return _journal(warehouse, "east")[0] == "processing"
 
-    _wait_for(importing, DEADLINE_SECONDS, "the import step started importing")
+    wait_for(importing, DEADLINE_SECONDS, "the import step started importing")
     run_id = _company_run(instance, "east")
     (first_worker,) = _workers(_run_events(instance, run_id))
     victim = "worker-" + first_worker.split("@")[0]
     cluster.kill(victim)
     try:
         assert _journal(warehouse, "east")[0] == "processing", "killed after the step ended"
-        redelivered = _wait_for(
+        redelivered = wait_for(
             lambda: _run_ended(instance, "east"),
             VISIBILITY_TIMEOUT_SECONDS + 150,
             "the lost import step was redelivered and its run ended",
@@ -473,22 +462,20 @@ def test_a_step_whose_queue_has_no_worker_fails_its_run_and_leaves_nothing_queue
         run_id = client.submit_job_execution(
             "health_check_job", repository_location_name="etl_assets"
         )
-        elapsed = _wait_for(
+        elapsed = wait_for(
             lambda: client.get_run_status(run_id) == dg.DagsterRunStatus.FAILURE,
             QUEUE_WAIT_SECONDS + 90,
             "the run failed",
         )
-        exited = _wait_for(
+        exited = wait_for(
             lambda: _worker_exited(_run_events(instance, run_id)), 60, "the run worker exited"
         )
     finally:
         cluster.restart("worker-general")
     # Not a step's own failure: the daemon's run retries re-execute it, now with a worker.
-    _wait_for(lambda: _retries_of(instance, run_id), 120, "the run was retried")
+    wait_for(lambda: _retries_of(instance, run_id), 120, "the run was retried")
     (retry,) = _retries_of(instance, run_id)
-    _wait_for(
-        lambda: client.get_run_status(retry) == dg.DagsterRunStatus.SUCCESS, 180, "retry done"
-    )
+    wait_for(lambda: client.get_run_status(retry) == dg.DagsterRunStatus.SUCCESS, 180, "retry done")
     print(
         f"cluster: run without a worker failed in {elapsed:.0f}s, "
         f"its process exited {exited:.0f}s later"
@@ -524,7 +511,7 @@ def test_the_newest_of_three_files_changing_one_product_wins(
         rows = _journal_rows(warehouse, "ordering")
         return len(rows) == 3 and all(r["status"] not in ("received", "processing") for r in rows)
 
-    _wait_for(finished, DEADLINE_SECONDS, "the three uploads were imported")
+    wait_for(finished, DEADLINE_SECONDS, "the three uploads were imported")
 
     rows = _journal_rows(warehouse, "ordering")
     assert [r["original_name"] for r in rows] == ["stock-0.csv", "stock-1.csv", "stock-2.csv"]
@@ -550,7 +537,7 @@ def test_an_upload_whose_run_failed_before_its_step_is_imported_by_a_later_run(
         cluster.kill(worker)
     try:
         cluster.drop(source, "stranded")
-        _wait_for(
+        wait_for(
             lambda: _run_ended(instance, "stranded"),
             DEADLINE_SECONDS,
             "the first run failed for want of an import worker",
@@ -558,7 +545,7 @@ def test_an_upload_whose_run_failed_before_its_step_is_imported_by_a_later_run(
     finally:
         for worker in IMPORT_WORKERS:
             cluster.restart(worker)
-    recovered = _wait_for(
+    recovered = wait_for(
         lambda: _journal(warehouse, "stranded")[0] not in ("received", "processing"),
         DEADLINE_SECONDS,
         "the upload was imported by a later run",

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from etl_assets.services.imports import journal
 from etl_assets.services.imports.registration import scan_inbox
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
+from etl_assets_tests.polling import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -83,17 +83,6 @@ class Daemon:
 
     def messages(self, run_id: str, event_type: DagsterEventType) -> list[str]:
         return [entry.message for entry in self.instance.all_logs(run_id, of_type=event_type)]
-
-
-def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> float:
-    """Poll `condition` until it holds; the seconds it took. Fails the test at the deadline."""
-    started = time.monotonic()
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() - started > seconds:
-            pytest.fail(f"{what}: not within {seconds:.0f}s")
-        pause.wait(0.5)  # a condition poll with a deadline, not a fixed sleep
-    return time.monotonic() - started
 
 
 def _instance_config() -> dict:
@@ -155,9 +144,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         )
     try:
         needed = {"QUEUED_RUN_COORDINATOR", "MONITORING", "EVENT_LOG_CONSUMER"}
-        _wait_for(
-            lambda: needed <= set(instance.get_daemon_heartbeats()), 120, "the daemon started"
-        )
+        wait_for(lambda: needed <= set(instance.get_daemon_heartbeats()), 120, "the daemon started")
         yield Daemon(home=home, data=data, env=env, instance=instance, paths=paths)
     finally:
         os.killpg(process.pid, signal.SIGINT)
@@ -219,8 +206,8 @@ def test_a_run_stuck_in_starting_is_failed_and_retried(daemon: Daemon) -> None:
     )
     daemon.instance.handle_new_event(started_long_ago)
 
-    _wait_for(_ended(daemon, run_id), 60, "the stuck run was failed")
-    _wait_for(lambda: daemon.retries_of(run_id), 60, "the failed run was retried")
+    wait_for(_ended(daemon, run_id), 60, "the stuck run was failed")
+    wait_for(lambda: daemon.retries_of(run_id), 60, "the failed run was retried")
 
     run = daemon.run(run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -236,8 +223,8 @@ def test_a_step_failure_is_not_retried_as_a_run(daemon: Daemon) -> None:
     config = {"ops": {"pull": {"config": {"source": str(daemon.data / "nowhere")}}}}
     run_id = daemon.launch("-j", "pull_job", "--config-json", json.dumps(config))
 
-    _wait_for(_ended(daemon, run_id), 120, "the run ended")
-    _wait_for(lambda: "dagster/will_retry" in daemon.run(run_id).tags, 60, "the retry decision")
+    wait_for(_ended(daemon, run_id), 120, "the run ended")
+    wait_for(lambda: "dagster/will_retry" in daemon.run(run_id).tags, 60, "the retry decision")
 
     run = daemon.run(run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -262,14 +249,14 @@ def test_a_run_past_its_max_runtime_is_failed_saying_so(
     upload_id = _register(daemon, long_sales, company)
     tags = {"dagster/partition": company, "dagster/max_runtime": "2", **extra_tags}
     run_id = daemon.launch("-j", "import_job", "--tags", json.dumps(tags))
-    _wait_for(lambda: daemon.run(run_id).status != dg.DagsterRunStatus.QUEUED, 60, "launched")
+    wait_for(lambda: daemon.run(run_id).status != dg.DagsterRunStatus.QUEUED, 60, "launched")
     # A retry copies its parent's tags: this one keeps it queued, so no second long import runs.
     daemon.instance.add_run_tags(run_id, {HOLD_TAG: "1"})
 
-    _wait_for(_ended(daemon, run_id), 120, "the run ended")
-    _wait_for(lambda: "dagster/will_retry" in daemon.run(run_id).tags, 60, "the retry decision")
+    wait_for(_ended(daemon, run_id), 120, "the run ended")
+    wait_for(lambda: "dagster/will_retry" in daemon.run(run_id).tags, 60, "the retry decision")
     if retried:
-        _wait_for(lambda: daemon.retries_of(run_id), 60, "the failed run was retried")
+        wait_for(lambda: daemon.retries_of(run_id), 60, "the failed run was retried")
 
     run = daemon.run(run_id)
     assert run.status == dg.DagsterRunStatus.FAILURE
@@ -318,7 +305,7 @@ def test_every_dagster_job_launch_line_of_the_readme_runs(daemon: Daemon) -> Non
         )
         run_ids = dict(zip((" ".join(c) for c in commands), launched, strict=True))
 
-    _wait_for(
+    wait_for(
         lambda: all(daemon.run(r).is_finished for r in run_ids.values()), 300, "every run ended"
     )
     failed = {

@@ -196,14 +196,6 @@ def _run_in_thread(
 
 
 @pytest.fixture
-def paths(tmp_path: Path) -> StoragePaths:
-    data = tmp_path / "data"
-    paths = StoragePaths(data_dir=data, inbox=data / "inbox")
-    paths.ensure()
-    return paths
-
-
-@pytest.fixture
 def warehouse(pg_url: str) -> Iterator[Engine]:
     """A PostgreSQL warehouse with its tables, reached directly (not through a proxy)."""
     engine = make_engine(pg_url)
