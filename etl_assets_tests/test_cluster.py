@@ -27,7 +27,7 @@ import pytest
 from dagster_graphql import DagsterGraphQLClient
 from psycopg import sql
 from redis import Redis
-from sqlalchemy import Engine, column, create_engine, func, select, table
+from sqlalchemy import Engine, column, create_engine, func, inspect, select, table
 
 from etl_assets.samples import products_frame, sales_frame, write_csv
 from etl_assets.services.imports.placing import place_upload
@@ -314,7 +314,9 @@ def instance(cluster: Cluster) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def warehouse(cluster: Cluster) -> Iterator[Engine]:
+    """The cluster's warehouse, once its code has created the tables (at the first sensor tick)."""
     engine = create_engine(cluster.database("warehouse"))
+    wait_for(lambda: inspect(engine).has_table("uploads"), 120, "the warehouse tables exist")
     yield engine
     engine.dispose()
 
