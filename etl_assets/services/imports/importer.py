@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import Connection, Engine
 
-from etl_assets.contract import KINDS, Kind
+from etl_assets.contract import KINDS, Kind, KindSpec
 from etl_assets.services.imports import journal
 from etl_assets.services.imports.batches import DONE, resolve_uploads
 from etl_assets.services.imports.companies import CompanyOptions, options_for
-from etl_assets.services.imports.reading import StructuralError, iter_chunks, read_header
+from etl_assets.services.imports.reading import Header, StructuralError, iter_chunks, read_header
 from etl_assets.services.imports.registration import landing_path
 from etl_assets.services.imports.results import (
     SAMPLE_SIZE,
@@ -32,6 +32,7 @@ from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.loading import (
     Duplicate,
     DuplicateCounts,
+    StagingLoader,
     company_rows,
     loader_for,
     orphan_skus,
@@ -271,7 +272,38 @@ def _load(
     settings: ImportSettings,
     log: logging.Logger,
 ) -> None:
+    """Read, validate and stage the file, judge its rejected rows, then merge what is valid."""
     spec = KINDS[result.kind]
+    header = _checked_header(path, spec, options, settings, result)
+    loader = loader_for(conn, spec)
+    invalid, days = _stage(path, header, spec, options, settings, loader, rejects, result, log)
+    _judge_rejects(spec, loader, rejects, invalid, settings, result)
+    loader.exclude_duplicates()
+    if spec.name == "sales":
+        days |= _moved_days(loader, result.company, settings.timezone)
+        result.days_touched = sorted(day.date().isoformat() for day in days)
+    counts = loader.merge(result.company, result.upload_id, journal.now_utc())
+    result.rows_imported, result.rows_updated = counts.imported, counts.updated
+    if spec.name == "sales":
+        result.orphan_skus, result.orphan_sample = loader.orphan_skus(result.company)
+    loader.drop()
+    result.messages.insert(
+        0,
+        f"imported {result.rows_imported}, updated {result.rows_updated}, "
+        f"unchanged {result.rows_unchanged}, rejected {result.rows_rejected}",
+    )
+    if result.orphan_skus:
+        result.messages.append(f"{result.orphan_skus} SKU(s) not in products yet")
+
+
+def _checked_header(
+    path: Path,
+    spec: KindSpec,
+    options: CompanyOptions,
+    settings: ImportSettings,
+    result: ImportResult,
+) -> Header:
+    """The file's header, which must be of the upload's kind with every required column."""
     header = read_header(path, options, full_scan=True, settings=settings)
     result.encoding, result.delimiter = header.encoding, header.delimiter
     if header.kind != spec.name:
@@ -286,7 +318,22 @@ def _load(
         for raw, name in zip(header.raw, header.columns, strict=True)
         if name not in spec.column_names
     ]
-    loader = loader_for(conn, spec)
+    return header
+
+
+def _stage(
+    path: Path,
+    header: Header,
+    spec: KindSpec,
+    options: CompanyOptions,
+    settings: ImportSettings,
+    loader: StagingLoader,
+    rejects: _RejectsWriter,
+    result: ImportResult,
+    log: logging.Logger,
+) -> tuple[int, set[pd.Timestamp]]:
+    """Validate the file chunk by chunk and stage the valid rows; the invalid rows' count and
+    the local days of the staged sales."""
     parse = None
     invalid = 0
     days: set[pd.Timestamp] = set()
@@ -310,6 +357,19 @@ def _load(
         log.info(f"chunk {number}: {result.rows_read:,} rows read, {invalid:,} invalid so far")
     if result.rows_read == 0:
         raise StructuralError("no data rows (the file has a header only)")
+    return invalid, days
+
+
+def _judge_rejects(
+    spec: KindSpec,
+    loader: StagingLoader,
+    rejects: _RejectsWriter,
+    invalid: int,
+    settings: ImportSettings,
+    result: ImportResult,
+) -> None:
+    """Count and record the rejected rows (invalid, then duplicate keys); the whole upload is
+    rejected (`_TooManyInvalid`) past `max_invalid_fraction`."""
     duplicates = loader.duplicate_counts()
     rejects.add_duplicates(spec.key, duplicates, loader.duplicates(limit=rejects.room))
     result.rows_rejected = invalid + duplicates.valid_rows
@@ -327,27 +387,12 @@ def _load(
             f"({fraction:.1%} > {settings.max_invalid_fraction:.1%}); nothing imported",
         )
         raise _TooManyInvalid
-    loader.exclude_duplicates()
-    if spec.name == "sales":
-        # A sale that moved to another day changes its old day's aggregates too.
-        moved = pd.Series(list(loader.replaced_timestamps(result.company)), dtype=object)
-        if len(moved):
-            days |= set(
-                pd.to_datetime(moved, utc=True)
-                .dt.tz_convert(settings.timezone)
-                .dt.normalize()
-                .unique()
-            )
-        result.days_touched = sorted(day.date().isoformat() for day in days)
-    counts = loader.merge(result.company, result.upload_id, journal.now_utc())
-    result.rows_imported, result.rows_updated = counts.imported, counts.updated
-    if spec.name == "sales":
-        result.orphan_skus, result.orphan_sample = loader.orphan_skus(result.company)
-    loader.drop()
-    result.messages.insert(
-        0,
-        f"imported {result.rows_imported}, updated {result.rows_updated}, "
-        f"unchanged {result.rows_unchanged}, rejected {result.rows_rejected}",
-    )
-    if result.orphan_skus:
-        result.messages.append(f"{result.orphan_skus} SKU(s) not in products yet")
+
+
+def _moved_days(loader: StagingLoader, company: str, timezone: str) -> set[pd.Timestamp]:
+    """The old local days of sales this upload moves to another day: their aggregates change
+    too."""
+    moved = pd.Series(list(loader.replaced_timestamps(company)), dtype=object)
+    if not len(moved):
+        return set()
+    return set(pd.to_datetime(moved, utc=True).dt.tz_convert(timezone).dt.normalize().unique())
