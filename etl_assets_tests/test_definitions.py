@@ -1,5 +1,6 @@
 """The whole code location: what `dagster dev -m etl_assets.definitions` loads, and its settings."""
 
+import json
 import os
 import subprocess
 import sys
@@ -25,73 +26,67 @@ def test_definitions_load() -> None:
     dg.Definitions.validate_loadable(defs)
 
 
-ASSET_GROUPS = {
-    "products": "imports",
-    "sales": "imports",
-    "daily_sales": "aggregates",
-    "dashboard_metrics": "metrics",
-    "monthly_sales_report": "reports",
-}
-JOBS = {
-    "import_job",
-    "daily_sales_job",
-    "rebuild_aggregates_job",
-    "dashboard_metrics_job",
-    "monthly_reports_job",
-    "export_job",
-    "health_check_job",
-    "cleanup_job",
-    "pull_job",
-}
-SENSORS = {"upload_sensor", "daily_sales_refresh_sensor", "run_failure_alert_sensor"}
-SCHEDULES = {
-    "daily_sales_schedule": "0 1 * * *",
-    "dashboard_metrics_schedule": "*/5 * * * *",
-    "monthly_reports_schedule": "0 3 1 * *",
-    "health_check_schedule": "*/15 * * * *",
-    "pull_schedule": "0 2 * * *",
-    "cleanup_schedule": "30 3 * * *",
-}
+SNAPSHOT = Path(__file__).with_name("definitions_snapshot.json")
+# Set to rewrite the snapshot after an intended change; review its diff before committing.
+UPDATE_SNAPSHOT = "ETL_TEST_UPDATE_SNAPSHOT"
 
 
-def test_assets_groups_and_checks() -> None:
-    graph = defs.resolve_asset_graph()
+def _partitions(partitions_def: dg.PartitionsDefinition | None) -> str | None:
+    if partitions_def is None:
+        return None
+    name = getattr(partitions_def, "name", None)
+    return f"{type(partitions_def).__name__}({name})" if name else type(partitions_def).__name__
 
-    groups = {key.to_user_string(): graph.get(key).group_name for key in graph.get_all_asset_keys()}
-    assert groups == ASSET_GROUPS
-    assert {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys} == {
-        ("products", "validation"),
-        ("sales", "validation"),
-        ("sales", "orphan_skus"),
+
+def _shape(definitions: dg.Definitions) -> dict:
+    """What a user sees of the code location: assets, checks, jobs, schedules, sensors."""
+    graph = definitions.resolve_asset_graph()
+    assets = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": _partitions(node.partitions_def),
+            "depends_on": sorted(k.to_user_string() for k in node.parent_keys),
+            "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
+        }
+    return {
+        "assets": assets,
+        "jobs": {
+            job.name: {"tags": dict(sorted(job.tags.items()))}
+            for job in sorted(definitions.resolve_all_job_defs(), key=lambda j: j.name)
+            if not job.name.startswith("__")
+        },
+        "schedules": {
+            s.name: {
+                "cron": s.cron_schedule,
+                "timezone": s.execution_timezone,
+                "status": s.default_status.value,
+                "job": s.job_name,
+            }
+            for s in sorted(definitions.schedules or [], key=lambda s: s.name)
+        },
+        "sensors": {
+            s.name: {
+                "status": s.default_status.value,
+                "jobs": sorted(t.job_name for t in s.targets),
+            }
+            for s in sorted(definitions.sensors or [], key=lambda s: s.name)
+        },
+        "resources": sorted(definitions.resources or {}),
     }
-    for name in ("products", "sales"):
-        partitions = graph.get(dg.AssetKey(name)).partitions_def
-        assert isinstance(partitions, dg.DynamicPartitionsDefinition)
-        # The tenants, shared with the reports: never one partition per upload.
-        assert partitions.name == "companies"
-    assert graph.get(dg.AssetKey("sales")).parent_keys == {dg.AssetKey("products")}
-    downstream = {
-        key.to_user_string()
-        for name in ("products", "sales")
-        for key in graph.get(dg.AssetKey(name)).child_keys
-    }
-    assert downstream == {"sales", "daily_sales", "dashboard_metrics", "monthly_sales_report"}
-    assert isinstance(
-        graph.get(dg.AssetKey("daily_sales")).partitions_def, dg.TimeWindowPartitionsDefinition
-    )
-    assert isinstance(
-        graph.get(dg.AssetKey("monthly_sales_report")).partitions_def, dg.MultiPartitionsDefinition
-    )
 
 
-def test_jobs_sensors_and_schedules() -> None:
-    assert {job.name for job in defs.resolve_all_job_defs()} >= JOBS
-    assert {sensor.name for sensor in defs.sensors or []} == SENSORS
-    schedules = {s.name: s for s in defs.schedules or []}
-    assert {name: s.cron_schedule for name, s in schedules.items()} == SCHEDULES
-    for schedule in schedules.values():
-        assert schedule.execution_timezone == "UTC"
-        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+def test_the_code_location_is_the_snapshot(clean_env: pytest.MonkeyPatch) -> None:
+    """The default code location's shape equals `definitions_snapshot.json`: a change to an
+    asset, job, schedule or sensor shows as a reviewed diff of that file."""
+    shape = json.loads(json.dumps(_shape(build_definitions())))
+    if os.environ.get(UPDATE_SNAPSHOT):
+        SNAPSHOT.write_text(json.dumps(shape, indent=2) + "\n", encoding="utf-8")
+
+    assert shape == json.loads(SNAPSHOT.read_text(encoding="utf-8")), (
+        f"the code location changed: rerun with {UPDATE_SNAPSHOT}=1 and review the diff"
+    )
 
 
 def test_calendar_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
