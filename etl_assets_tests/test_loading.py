@@ -2,7 +2,6 @@
 
 import datetime as dt
 import threading
-import time
 from decimal import Decimal
 
 import pandas as pd
@@ -26,6 +25,7 @@ from etl_assets.warehouse.schema import (
     metadata,
     sales,
 )
+from etl_assets_tests.polling import wait_for
 
 NOW = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 
@@ -160,7 +160,18 @@ def test_two_imports_of_one_company_queue_and_count_exactly(pg_url: str) -> None
         loader.stage(frame)
         results.append(loader.merge("acme", "first", NOW))
         first_merged.set()
-        time.sleep(0.5)  # the second is waiting for this commit
+        # Commit only once the second import is blocked on the company's lock.
+        with engine.connect() as watcher:
+            wait_for(
+                lambda: (
+                    watcher.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    ).scalar_one()
+                    == 1
+                ),
+                60,
+                "the second import waits for the first",
+            )
     thread.join(timeout=60)
     assert results == [MergeCounts(500, 0), MergeCounts(0, 0)]
     engine.dispose()
