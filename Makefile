@@ -27,7 +27,13 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/etl-assets demo
 
+# `dagster dev` (UI on http://127.0.0.1:3000) and the tenant API on http://127.0.0.1:8090,
+# both on the same defaults (./data, its SQLite warehouse, or ETL_DATA_DIR/ETL_WAREHOUSE_URL
+# when set). Ctrl-C stops both: the API is stopped when this recipe's shell exits, however.
 dev: install $(DAGSTER_HOME)/dagster.yaml
+	@$(BIN)/etl-assets api --host 127.0.0.1 --port 8090 & api=$$!; \
+	trap 'kill $$api 2>/dev/null; wait $$api 2>/dev/null' EXIT; \
+	trap 'exit 130' INT TERM; \
 	$(BIN)/dagster dev -m etl_assets.definitions
 
 # Start the local PostgreSQL and Redis when they are down; fail if they do not come up.
@@ -63,6 +69,7 @@ bench: install services
 	$(BIN)/python bench/aggregates_bench.py
 	$(BIN)/python bench/export_bench.py
 	$(BIN)/python bench/import_bench.py
+	$(BIN)/python bench/api_bench.py
 
 # The production topology on this machine, without Docker (see README, "Production").
 cluster: install services

@@ -451,7 +451,7 @@ def merge_statement(loader: "PostgresLoader", upload_id: str, now: dt.datetime) 
 def run_merges(url: str, case: Case, work: Path) -> dict[str, float]:
     """Each merge variant on the same staged files: insert, update (all changed), unchanged."""
     from etl_assets.contract import SALES
-    from etl_assets.warehouse.loading import PostgresLoader, refresh_statistics
+    from etl_assets.warehouse.loading import PostgresLoader, analyze, statistics_stale
 
     files = Files.at(work)
     steps = [
@@ -483,7 +483,10 @@ def run_merges(url: str, case: Case, work: Path) -> dict[str, float]:
                 loader.drop()
             if tuple(counts) != expected:
                 raise RuntimeError(f"{variant} {step}: counts {tuple(counts)}, expected {expected}")
-            refresh_statistics(engine, "sales", counts[0])
+            with engine.connect() as conn:
+                stale = statistics_stale(conn, "sales", counts[0])
+            if stale:
+                analyze(engine, "sales")
     engine.dispose()
     return detail
 

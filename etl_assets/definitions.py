@@ -15,6 +15,7 @@ from etl_assets.defs.execution import celery_executor_def
 from etl_assets.defs.imports import definitions as imports
 from etl_assets.defs.maintenance import definitions as maintenance
 from etl_assets.defs.metrics import definitions as metrics
+from etl_assets.defs.notifications import definitions as notifications
 from etl_assets.defs.reports import definitions as reports
 from etl_assets.defs.resources import (
     ImportSettingsResource,
@@ -121,6 +122,7 @@ def build_domains(calendar: Calendar) -> dg.Definitions:
         aggregates.defs(calendar),
         metrics.defs(calendar),
         reports.defs(calendar),
+        notifications.defs(calendar),
         maintenance.defs(
             calendar,
             pull_source=os.environ.get("ETL_PULL_SOURCE") or None,

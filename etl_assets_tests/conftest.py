@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files and real PostgreSQL, real temporary directories.
+"""Shared fixtures: real SQLite files, real PostgreSQL and Redis, real temporary directories.
 
 PostgreSQL comes from `ETL_TEST_POSTGRES_URL` (default: the local server, user `postgres`). A
 dialect-parametrised test (`warehouse_url`, hence `engine` and `resources`) gets a schema of its
@@ -12,8 +12,13 @@ is harmless while tests run one at a time. A test that needs a whole database (D
 storage, `pg_stat_activity` of its own database) takes `pg_url`: a database of its own, dropped
 afterwards. A server that cannot be reached fails the test: `make test` starts it, and nothing
 here is skipped.
+
+Redis is the test database of `redis_server.py` (`ETL_TEST_REDIS_URL`): `redis_url`,
+`redis_client`, and `redis_prefix`, a key prefix of the test's own whose keys are deleted
+afterwards. Failure paths get what refuses them: `closed_port`, `missing_database_url`.
 """
 
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +27,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from psycopg import sql
+from redis import Redis
 from sqlalchemy import URL, Connection, Engine, create_engine, make_url, text
 
 from etl_assets.defs.resources import ImportSettingsResource, StorageResource, WarehouseResource
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.schema import create_schema, make_engine
+from etl_assets_tests import redis_server
 from etl_assets_tests.settings import postgres_server_url
 
 
@@ -146,3 +153,41 @@ def resources(warehouse_url: str, paths: StoragePaths) -> dict[str, dg.Configura
         "storage": StorageResource(data_dir=str(paths.data_dir), inbox_dir=str(paths.inbox)),
         "import_settings": ImportSettingsResource(settle_seconds=0),
     }
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis URL; an unreachable Redis fails the test."""
+    return redis_server.live_redis_url()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Redis]:
+    """A client on the test Redis."""
+    with Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5) as client:
+        yield client
+
+
+@pytest.fixture
+def redis_prefix(redis_client: Redis) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield prefix
+    keys = list(redis_client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that refuses connections: bound (so nobody else takes it), never listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def missing_database_url(pg_admin: Engine) -> str:
+    """A URL on the running test server naming a database that does not exist."""
+    name = f"etl_missing_{uuid.uuid4().hex[:12]}"
+    return make_url(postgres_server_url()).set(database=name).render_as_string(hide_password=False)

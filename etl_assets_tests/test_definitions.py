@@ -38,6 +38,13 @@ def _partitions(partitions_def: dg.PartitionsDefinition | None) -> str | None:
     return f"{type(partitions_def).__name__}({name})" if name else type(partitions_def).__name__
 
 
+def _schedules(definitions: dg.Definitions) -> list[dg.ScheduleDefinition]:
+    """The schedules as the code location resolves them (a partitioned schedule takes its cron
+    and timezone from its job's partitions)."""
+    names = sorted(s.name for s in definitions.schedules or [])
+    return [definitions.resolve_schedule_def(name) for name in names]
+
+
 def _shape(definitions: dg.Definitions) -> dict:
     """What a user sees of the code location: assets, checks, jobs, schedules, sensors."""
     graph = definitions.resolve_asset_graph()
@@ -64,7 +71,7 @@ def _shape(definitions: dg.Definitions) -> dict:
                 "status": s.default_status.value,
                 "job": s.job_name,
             }
-            for s in sorted(definitions.schedules or [], key=lambda s: s.name)
+            for s in _schedules(definitions)
         },
         "sensors": {
             s.name: {
@@ -98,7 +105,7 @@ def test_calendar_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     daily = built.resolve_asset_graph().get(dg.AssetKey("daily_sales")).partitions_def
     assert daily.timezone == "Europe/Madrid"
     assert daily.get_first_partition_key() == "2025-06-01"
-    assert {s.execution_timezone for s in built.schedules or []} == {"Europe/Madrid"}
+    assert {s.execution_timezone for s in _schedules(built)} == {"Europe/Madrid"}
 
 
 def test_import_job_covers_both_tables_by_company() -> None:

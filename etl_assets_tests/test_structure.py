@@ -4,9 +4,11 @@ and no module is part of an import cycle (lazy imports inside functions count to
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "etl_assets"
+from etl_assets_tests.repo import REPO
+
+PACKAGE = REPO / "etl_assets"
 # Lowest first: the data contract, the warehouse, the services (no Dagster), the Dagster
-# definitions, the code location, then what runs it.
+# definitions, the code location, then what runs it: the demo, the tenant API, the CLI.
 LADDER = [
     ("contract", ("etl_assets.contract",)),
     ("warehouse", ("etl_assets.warehouse",)),
@@ -14,6 +16,7 @@ LADDER = [
     ("defs", ("etl_assets.defs",)),
     ("code location", ("etl_assets.definitions",)),
     ("demo", ("etl_assets.demo",)),
+    ("tenant API", ("etl_assets.api",)),
     ("command line", ("etl_assets.cli",)),
 ]
 

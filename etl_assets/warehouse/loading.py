@@ -7,13 +7,17 @@ the keys the company does not have yet, in key order; their row counts are the u
 imported counts. (The bench measures this against `INSERT ... ON CONFLICT DO UPDATE` and
 `MERGE`: both were slower.) SQLite stages with batched `executemany` and merges with one
 `INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT FROM ...`.
+
+Duplicate keys are looked for in SQL only when the hashes of the staged keys, kept in memory up
+to `KEY_HASHES_MAX_ROWS`, do not already prove that there are none.
 """
 
 import datetime as dt
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -52,6 +56,9 @@ from etl_assets.warehouse.schema import (
 
 _STAGING_TYPES = {"text": Text, "decimal": MONEY, "integer": BigInteger, "timestamp": TIMESTAMP}
 _CSV_SPECIAL = (",", '"', "\n", "\r")
+# Up to this many staged rows, the hashes of their keys are kept (8 bytes a row) to tell without
+# a query that a file repeats no key; a larger file's duplicates are always looked for in SQL.
+KEY_HASHES_MAX_ROWS = 1_000_000
 
 
 def copy_csv(frame: pd.DataFrame) -> str:
@@ -104,6 +111,8 @@ class MergeCounts:
 
     imported: int
     updated: int
+    # The table grew past what its planner statistics describe: `analyze` it after the commit.
+    stale_statistics: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,9 @@ def _temporary_table(name: str, dialect: str, *columns: Column) -> Table:
     return Table(name, MetaData(), *columns, prefixes=["TEMPORARY"], **kwargs)
 
 
+# One `Table` per kind and dialect for the life of the process, so that the statements built on
+# it hit SQLAlchemy's compiled cache instead of being compiled again for every upload.
+@functools.cache
 def _staging_table(spec: KindSpec, dialect: str) -> Table:
     # No primary key: nothing looks rows up by number, and COPY is faster without an index.
     columns = [Column("row_no", BigInteger, nullable=False)]
@@ -140,6 +152,7 @@ def _staging_table(spec: KindSpec, dialect: str) -> Table:
     return _temporary_table(f"staging_{spec.name}", dialect, *columns)
 
 
+@functools.cache
 def _duplicates_table(spec: KindSpec, dialect: str) -> Table:
     return _temporary_table(
         f"staging_{spec.name}_duplicates",
@@ -161,12 +174,39 @@ class StagingLoader(ABC):
         self.staging = _staging_table(spec, conn.dialect.name)
         self.staging.create(conn)
         self._duplicates: Table | None = None
+        self._staged_rows = 0
+        # The hashes of the staged keys, one array per chunk; None past `KEY_HASHES_MAX_ROWS`.
+        self._key_hashes: list[np.ndarray] | None = []
+        self._may_repeat: bool | None = None  # `_may_repeat_keys`, until more rows are staged
 
     def stage(self, frame: pd.DataFrame) -> None:
         """Append validated rows (columns: row_no, the kind's columns, is_valid)."""
         self._flush()
         self._forget_duplicates()
+        self._staged_rows += len(frame)
+        self._may_repeat = None
+        if self._key_hashes is not None and self._staged_rows <= KEY_HASHES_MAX_ROWS:
+            keys = frame[self.spec.key].to_numpy()
+            self._key_hashes.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+        else:
+            self._key_hashes = None
         self._append(frame)
+
+    def _may_repeat_keys(self) -> bool:
+        """False when no staged key can repeat, known without asking the database.
+
+        Equal keys have equal hashes, so hashes that are all different prove there is no
+        duplicate; two equal hashes (a repeated key, or rarely a collision) leave the answer to
+        the exact check in SQL. Most files repeat no key, and the check's temporary table and
+        queries were a fixed cost of every small upload.
+        """
+        if self._key_hashes is None:
+            return True
+        if self._may_repeat is None:
+            hashes = np.concatenate([np.empty(0, np.int64), *self._key_hashes])
+            hashes.sort()
+            self._may_repeat = bool((hashes[1:] == hashes[:-1]).any())
+        return self._may_repeat
 
     @abstractmethod
     def _append(self, frame: pd.DataFrame) -> None:
@@ -219,6 +259,8 @@ class StagingLoader(ABC):
     def duplicates(self, limit: int | None = None) -> Iterator[Duplicate]:
         """The later occurrences of keys already seen earlier in the file, in row order; only
         the first `limit` of them when given (a file can repeat one row millions of times)."""
+        if not self._may_repeat_keys():
+            return
         later = self._later_duplicates()
         query = (
             select(later.c.row_no, later.c.key, later.c.first_row)
@@ -231,6 +273,8 @@ class StagingLoader(ABC):
 
     def duplicate_counts(self) -> DuplicateCounts:
         """How many later duplicates there are, without reading them one by one."""
+        if not self._may_repeat_keys():
+            return DuplicateCounts(rows=0, valid_rows=0)
         later = self._later_duplicates()
         rows, valid_rows = self.conn.execute(
             select(func.count(), func.count().filter(later.c.is_valid))
@@ -252,6 +296,8 @@ class StagingLoader(ABC):
         Only worth doing for an upload that is merged: updating every staged row of a file that
         repeats one row two million times took 10 s on PostgreSQL.
         """
+        if not self._may_repeat_keys():
+            return
         later = self._later_duplicates()
         self.conn.execute(
             self.staging.update()
@@ -301,7 +347,8 @@ class StagingLoader(ABC):
         """Drop the staging tables (PostgreSQL also drops them at commit)."""
         self._flush()
         self._forget_duplicates()
-        self.staging.drop(self.conn, checkfirst=True)
+        # The staging table exists from `__init__` on: no query to check first.
+        self.staging.drop(self.conn)
 
 
 class PostgresLoader(StagingLoader):
@@ -318,7 +365,6 @@ class PostgresLoader(StagingLoader):
         self._raw = conn.connection.driver_connection
         self._copier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="staging-copy")
         self._copying: Future[None] | None = None
-        self._staged_rows = 0
         self._analyzed = False
         self._locked: set[str] = set()
 
@@ -328,7 +374,6 @@ class PostgresLoader(StagingLoader):
             sql.Identifier(self.staging.name),
             sql.SQL(", ").join(sql.Identifier(c) for c in frame.columns),
         )
-        self._staged_rows += len(frame)
         self._analyzed = False
         self._copying = self._copier.submit(self._copy, statement, copy_csv(frame))
 
@@ -404,7 +449,8 @@ class PostgresLoader(StagingLoader):
         insert = target.insert().from_select(columns, new_rows)
         # psycopg 3 reports rowcount -1 for INSERT unless SQLAlchemy is asked to keep it.
         imported = self.conn.execute(insert.execution_options(preserve_rowcount=True)).rowcount
-        return MergeCounts(imported=int(imported), updated=int(updated))
+        stale = statistics_stale(self.conn, self.spec.name, imported)
+        return MergeCounts(imported=int(imported), updated=int(updated), stale_statistics=stale)
 
 
 # Bytes of work memory per staged row: the duplicate check's hash, the merge's hash join and its
@@ -480,31 +526,33 @@ _ANALYZE_ROWS = 50
 _ANALYZE_FRACTION = 0.1
 
 
-def refresh_statistics(engine: Engine, kind: str, rows_added: int) -> bool:
-    """`ANALYZE` a PostgreSQL table that an import grew past what its statistics describe.
+def statistics_stale(conn: Connection, kind: str, rows_added: int) -> bool:
+    """Whether a PostgreSQL table grew past what its planner statistics describe.
 
     The joins of staging with the target are planned from the target's statistics: a table
     never analysed looks a few pages long, and the planner then scans the company's rows once
-    per staged row (seconds per small upload at 25k rows, minutes for a large update). Run
-    after the import's commit, in a transaction of its own, so that its lock (which another
-    `ANALYZE` waits for) is held only while it samples. True when it ran.
+    per staged row (seconds per small upload at 25k rows, minutes for a large update).
     """
-    if engine.dialect.name != "postgresql" or not rows_added:
+    if conn.dialect.name != "postgresql" or not rows_added:
         return False
     table = TABLES[kind]
-    with engine.begin() as conn:
-        described = conn.execute(
-            select(pg_catalog.pg_class.c.reltuples).where(
-                pg_catalog.pg_class.c.oid == func.to_regclass(table.name)
-            )
-        ).scalar_one()
-        # reltuples is -1 for a table never analysed.
-        if rows_added <= _ANALYZE_ROWS + _ANALYZE_FRACTION * max(described, 0):
-            return False
-        conn.connection.driver_connection.execute(
-            sql.SQL("ANALYZE {}").format(sql.Identifier(table.name))
+    described = conn.execute(
+        select(pg_catalog.pg_class.c.reltuples).where(
+            pg_catalog.pg_class.c.oid == func.to_regclass(table.name)
         )
-    return True
+    ).scalar_one()
+    # reltuples is -1 for a table never analysed.
+    return rows_added > _ANALYZE_ROWS + _ANALYZE_FRACTION * max(described, 0)
+
+
+def analyze(engine: Engine, kind: str) -> None:
+    """`ANALYZE` the table, after the import's commit and in a transaction of its own: inside
+    the import its lock would make another company's import, analysing too, wait for the commit.
+    """
+    with engine.begin() as conn:
+        conn.connection.driver_connection.execute(
+            sql.SQL("ANALYZE {}").format(sql.Identifier(TABLES[kind].name))
+        )
 
 
 def company_rows(conn: Connection, kind: str, company: str) -> int:

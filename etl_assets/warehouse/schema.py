@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     event,
     false,
@@ -120,7 +121,9 @@ uploads = Table(
     # How often the upload sensor offered the upload to an import run (bounded, see batches).
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("started_at", TIMESTAMP),
-    Column("finished_at", TIMESTAMP),
+    # Indexed for the readers of recently finished uploads: the notification sensor's window
+    # and the import duration histogram of /metrics (both would otherwise scan the journal).
+    Column("finished_at", TIMESTAMP, index=True),
     Column("run_id", String(64)),
     Column("message", Text),
     Column("days_touched", Text),
@@ -163,6 +166,45 @@ run_failures = Table(
     Column("failed_at", TIMESTAMP, nullable=False, index=True),
 )
 
+# Bearer tokens of the tenant API, one company each. Only the sha256 of a token is kept: a
+# leaked warehouse does not leak working tokens. Revoked rows stay, so the list shows them.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("company", String(63), nullable=False, index=True),
+    Column("label", Text),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("last_used_at", TIMESTAMP),
+    Column("revoked_at", TIMESTAMP),
+)
+
+# One row per message owed to a company's notify_url: an upload that reached a terminal status.
+# Unique on (upload_id, status), so a replayed or overlapping sensor tick never owes it twice.
+# Delivered: `delivered_at` set. Given up: neither `delivered_at` nor `next_attempt_at`.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("upload_id", String(128), nullable=False),
+    Column("company", String(63), nullable=False),
+    Column("status", String(16), nullable=False),
+    # Where it was last sent, scrubbed (a webhook URL may carry its secret in the path).
+    Column("url", Text, nullable=False),
+    # The JSON message as of the status, fixed when owed: the journal row moves on.
+    Column("payload", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", TIMESTAMP, nullable=False),
+    Column("last_attempt_at", TIMESTAMP),
+    # Null once delivered or given up, so the index holds only what is still owed.
+    Column("next_attempt_at", TIMESTAMP, index=True),
+    Column("delivered_at", TIMESTAMP),
+    Column("last_error", Text),
+    Column("response_status", Integer),
+    UniqueConstraint("upload_id", "status", name="uq_notifications_upload_status"),
+)
+
 TABLES = {"products": products, "sales": sales}
 
 
@@ -201,20 +243,28 @@ def lock_for_writing(conn: Connection) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables and columns; safe to call on every start and from many processes."""
+    """Create missing tables, columns and indexes; safe to call on every start, from many
+    processes."""
+    found = set(inspect(engine).get_table_names())
     metadata.create_all(engine, checkfirst=True)
-    _add_missing_columns(engine)
-    _widen_decimal_columns(engine)
-    _set_storage_parameters(engine)
+    # A table created just now has every column, index and parameter of `metadata`: only those
+    # found already there can lack one (and a fresh warehouse skips dozens of reflections).
+    older = [table for table in metadata.sorted_tables if table.name in found]
+    if not older:
+        return
+    _add_missing_columns(engine, older)
+    _add_missing_indexes(engine, older)
+    _widen_decimal_columns(engine, older)
+    _set_storage_parameters(engine, older)
 
 
-def _add_missing_columns(engine: Engine) -> None:
+def _add_missing_columns(engine: Engine, tables: list[Table]) -> None:
     """Add columns introduced after a warehouse was created (nullable or with a default).
 
     DDL takes no bound parameters; every name and type here comes from `metadata`, never from
     input. Two processes racing to add the same column: the loser sees it exists and moves on.
     """
-    for table in metadata.sorted_tables:
+    for table in tables:
         existing = {c["name"] for c in inspect(engine).get_columns(table.name)}
         for column in table.columns:
             if column.name in existing:
@@ -237,7 +287,26 @@ def _add_missing_columns(engine: Engine) -> None:
                     raise
 
 
-def _widen_decimal_columns(engine: Engine) -> None:
+def _add_missing_indexes(engine: Engine, tables: list[Table]) -> None:
+    """Create indexes declared after a warehouse was created (`create_all` creates only the
+    indexes of the tables it creates). A process that loses a race finds the index there."""
+    for table in tables:
+        existing = _index_names(engine, table)
+        for index in table.indexes:
+            if index.name in existing:
+                continue
+            try:
+                index.create(engine)
+            except DBAPIError:
+                if index.name not in _index_names(engine, table):
+                    raise
+
+
+def _index_names(engine: Engine, table: Table) -> set[str | None]:
+    return {index["name"] for index in inspect(engine).get_indexes(table.name)}
+
+
+def _widen_decimal_columns(engine: Engine, tables: list[Table]) -> None:
     """Widen decimal columns that a warehouse created narrower than `metadata` (PostgreSQL).
 
     SQLite's declared types do not limit what a column holds, so it needs nothing. Only ever
@@ -247,7 +316,7 @@ def _widen_decimal_columns(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         return
     preparer = engine.dialect.identifier_preparer
-    for table in metadata.sorted_tables:
+    for table in tables:
         existing = _column_types(engine, table)
         for column in table.columns:
             if not _narrower(existing.get(column.name), column.type):
@@ -286,7 +355,7 @@ def _narrower(current: TypeEngine[Any] | None, wanted: TypeEngine[Any]) -> bool:
     )
 
 
-def _set_storage_parameters(engine: Engine) -> None:
+def _set_storage_parameters(engine: Engine, tables: list[Table]) -> None:
     """Give tables of an existing PostgreSQL warehouse the storage parameters of `metadata`.
 
     `ALTER TABLE ... SET (fillfactor = ...)` rewrites nothing (pages written from then on
@@ -295,7 +364,7 @@ def _set_storage_parameters(engine: Engine) -> None:
     """
     if engine.dialect.name != "postgresql":
         return
-    for table in metadata.sorted_tables:
+    for table in tables:
         declared = table.dialect_options["postgresql"]["with"] or {}
         wanted = {name: str(value) for name, value in declared.items()}
         if not wanted:

@@ -4,7 +4,7 @@ import dagster as dg
 
 from etl_assets.defs.aggregates.assets import build_daily_sales
 from etl_assets.defs.aggregates.jobs import build_rebuild_aggregates_job, daily_sales_job
-from etl_assets.defs.aggregates.schedules import build_daily_sales_schedule
+from etl_assets.defs.aggregates.schedules import daily_sales_schedule
 from etl_assets.defs.aggregates.sensors import build_daily_sales_refresh_sensor
 from etl_assets.defs.calendar import Calendar
 
@@ -16,5 +16,5 @@ def defs(calendar: Calendar) -> dg.Definitions:
         assets=[build_daily_sales(calendar)],
         jobs=[daily_sales_job, rebuild_job],
         sensors=[build_daily_sales_refresh_sensor(calendar, rebuild_job)],
-        schedules=[build_daily_sales_schedule(calendar)],
+        schedules=[daily_sales_schedule],
     )

@@ -137,44 +137,43 @@ def _import(
     return dg.MaterializeResult(metadata=_metadata(batch), check_results=check_results(kind, batch))
 
 
-@dg.asset(
-    partitions_def=companies,
-    group_name=IMPORTS_GROUP,
-    kinds={"pandas", "sql"},
-    check_specs=check_specs("products", orphans=False),
-    retry_policy=IO_RETRY,
-    op_tags=on_queue(IMPORTS_QUEUE),
-)
-def products(
-    context: dg.AssetExecutionContext,
-    config: ImportConfig,
-    warehouse: WarehouseResource,
-    storage: StorageResource,
-    import_settings: ImportSettingsResource,
-) -> dg.MaterializeResult:
-    """The `products` table of one company: imports its products uploads in drop order."""
-    return _import(context, "products", config, warehouse, storage, import_settings)
+def _table(kind: Kind, description: str, deps: list[dg.AssetsDefinition]) -> dg.AssetsDefinition:
+    """The warehouse table of one kind as an asset partitioned by company."""
+
+    @dg.asset(
+        name=kind,
+        description=description,
+        partitions_def=companies,
+        group_name=IMPORTS_GROUP,
+        kinds={"pandas", "sql"},
+        deps=deps,
+        check_specs=check_specs(kind, orphans=kind == "sales"),
+        retry_policy=IO_RETRY,
+        op_tags=on_queue(IMPORTS_QUEUE),
+    )
+    def table(
+        context: dg.AssetExecutionContext,
+        config: ImportConfig,
+        warehouse: WarehouseResource,
+        storage: StorageResource,
+        import_settings: ImportSettingsResource,
+    ) -> dg.MaterializeResult:
+        return _import(context, kind, config, warehouse, storage, import_settings)
+
+    return table
 
 
-@dg.asset(
-    partitions_def=companies,
-    group_name=IMPORTS_GROUP,
-    kinds={"pandas", "sql"},
-    deps=[products],
-    check_specs=check_specs("sales", orphans=True),
-    retry_policy=IO_RETRY,
-    op_tags=on_queue(IMPORTS_QUEUE),
+products = _table(
+    "products",
+    "The `products` table of one company: imports its products uploads in drop order.",
+    [],
 )
-def sales(
-    context: dg.AssetExecutionContext,
-    config: ImportConfig,
-    warehouse: WarehouseResource,
-    storage: StorageResource,
-    import_settings: ImportSettingsResource,
-) -> dg.MaterializeResult:
-    """The `sales` table of one company: imports its sales uploads in drop order, after its
-    products when a batch holds both."""
-    return _import(context, "sales", config, warehouse, storage, import_settings)
+sales = _table(
+    "sales",
+    "The `sales` table of one company: imports its sales uploads in drop order, after its "
+    "products when a batch holds both.",
+    [products],
+)
 
 
 import_job = dg.define_asset_job(

@@ -77,6 +77,7 @@ def cleanup(
             **metadata,
             "outcome": outcome,
             "journal_rows_deleted": len(result.uploads_deleted),
+            "notifications_deleted": result.notifications_deleted,
             "files_deleted": result.files_deleted,
             "bytes_freed": result.bytes_freed,
             "files_kept": len(result.files_kept),

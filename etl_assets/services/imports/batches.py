@@ -2,22 +2,17 @@
 
 The upload sensor plans batches (`plan_batches`): per company with unfinished uploads and no
 live import run, the oldest uploads in drop order, bounded in count and bytes, each offered at
-most `MAX_ATTEMPTS` times. The import step resolves what it was given (`resolve_uploads`): the
-upload ids of its run config, or every `received` upload of the company.
+most `MAX_ATTEMPTS` times. The import step then claims what it was given (`importer.claim_batch`).
 """
 
 import hashlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
 from etl_assets.contract import KINDS, Kind
 from etl_assets.services.imports import journal
 
 MAX_ATTEMPTS = 3
-# Terminal outcomes of an import; a retry of the same step skips uploads it already ended so.
-DONE = ("completed", "rejected")
 
 
 class BatchError(ValueError):
@@ -101,34 +96,3 @@ def plan_batches(
         if offered:
             plan.batches.append(Batch(company=company, uploads=tuple(offered)))
     return plan
-
-
-def resolve_uploads(
-    conn: Connection,
-    company: str,
-    kind: Kind,
-    upload_ids: list[str] | None,
-    run_id: str,
-) -> list[journal.UploadRecord]:
-    """The uploads an import step imports, in drop order.
-
-    With `upload_ids`, exactly those, whatever their status (a re-import), after checking they
-    are `kind` uploads of `company`. Without, every `received` upload of the company, plus those
-    an earlier attempt of this run touched (so a retried step reports the whole batch).
-    """
-    if upload_ids is None:
-        return journal.batch_candidates(conn, company, kind, run_id)
-    found = journal.get_many(conn, upload_ids)
-    problems = []
-    for upload_id in dict.fromkeys(upload_ids):
-        record = found.get(upload_id)
-        if record is None or record.company != company:
-            # Another company's upload is reported as unknown: the id says nothing more.
-            problems.append(f"{upload_id!r} is not an upload of {company!r}")
-        elif record.status == "duplicate":
-            problems.append(f"{upload_id!r} is a re-drop of another upload; import that one")
-        elif record.kind != kind:
-            problems.append(f"{upload_id!r} is a {record.kind or 'rejected'} upload, not {kind}")
-    if problems:
-        raise BatchError("cannot import: " + "; ".join(problems))
-    return sorted((found[i] for i in dict.fromkeys(upload_ids)), key=journal.drop_key)

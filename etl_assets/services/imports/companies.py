@@ -1,13 +1,29 @@
 """Per-company parsing options, read from the YAML file named by `ETL_COMPANIES_FILE`."""
 
 import codecs
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-ALLOWED_KEYS = {"aliases", "encoding", "delimiter", "decimal", "date_format", "timezone"}
+ALLOWED_KEYS = {
+    "aliases",
+    "encoding",
+    "delimiter",
+    "decimal",
+    "date_format",
+    "timezone",
+    "notify_url",
+    "notify_secret",
+}
+# `notify_secret: env:NAME` reads the secret from that environment variable when sending.
+SECRET_FROM_ENV = "env:"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A shorter HMAC key would make the signatures guessable.
+MIN_SECRET_LENGTH = 16
 
 
 class CompanyOptionsError(ValueError):
@@ -24,6 +40,9 @@ class CompanyOptions:
     decimal: str | None = None
     date_format: str | None = None
     timezone: str = "UTC"
+    # Where a message goes when one of the company's uploads ends, and the key signing it.
+    notify_url: str | None = None
+    notify_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -60,6 +79,8 @@ def read_companies_file(path: str | Path | None) -> CompaniesFile:
             decimal: ","
             date_format: "%d/%m/%Y"
             timezone: Europe/Madrid
+            notify_url: https://erp.acme.example/etl-events
+            notify_secret: env:ACME_NOTIFY_SECRET   # or the secret itself
     """
     if not path:
         return CompaniesFile()
@@ -100,8 +121,11 @@ def _parse_options(slug: str, raw: object) -> CompanyOptions:
         decimal=raw.get("decimal"),
         date_format=raw.get("date_format"),
         timezone=raw.get("timezone") or "UTC",
+        notify_url=raw.get("notify_url"),
+        notify_secret=raw.get("notify_secret"),
     )
     _check(slug, options)
+    _check_notify(slug, options)
     return options
 
 
@@ -123,3 +147,41 @@ def _check(slug: str, options: CompanyOptions) -> None:
         raise CompanyOptionsError(
             f"company {slug!r}: unknown timezone {options.timezone!r}"
         ) from exc
+
+
+def _check_notify(slug: str, options: CompanyOptions) -> None:
+    # Neither value is quoted in an error: a URL may carry a token, and these messages are logged.
+    url, secret = options.notify_url, options.notify_secret
+    if url is None:
+        if secret is not None:
+            raise CompanyOptionsError(
+                f"company {slug!r}: notify_secret is set but notify_url is not"
+            )
+        return
+    if not _is_http_url(url):
+        raise CompanyOptionsError(
+            f"company {slug!r}: notify_url must be an http:// or https:// URL with a host"
+        )
+    if secret is None:
+        raise CompanyOptionsError(f"company {slug!r}: notify_url needs a notify_secret")
+    if not isinstance(secret, str):
+        raise CompanyOptionsError(f"company {slug!r}: notify_secret must be a string")
+    if secret.startswith(SECRET_FROM_ENV):
+        if not _ENV_NAME.match(secret.removeprefix(SECRET_FROM_ENV)):
+            raise CompanyOptionsError(
+                f"company {slug!r}: notify_secret 'env:NAME' needs an environment variable name"
+            )
+    elif len(secret) < MIN_SECRET_LENGTH:
+        raise CompanyOptionsError(
+            f"company {slug!r}: notify_secret must be at least {MIN_SECRET_LENGTH} characters"
+        )
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or any(char.isspace() for char in value):
+        return False
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

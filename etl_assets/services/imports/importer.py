@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, or_, select
 
 from etl_assets.contract import KINDS, Kind, KindSpec
 from etl_assets.services.imports import journal
-from etl_assets.services.imports.batches import DONE, resolve_uploads
+from etl_assets.services.imports.batches import BatchError
 from etl_assets.services.imports.companies import CompanyOptions, options_for
 from etl_assets.services.imports.reading import Header, StructuralError, iter_chunks, read_header
 from etl_assets.services.imports.registration import landing_path
@@ -26,18 +26,20 @@ from etl_assets.services.imports.results import (
     ImportSettings,
     RowError,
 )
-from etl_assets.services.imports.validation import ERROR_COLUMNS, resolve_settings, validate_chunk
+from etl_assets.services.imports.validation import ERROR_COLUMNS, ValidatedChunk, validate_chunks
 from etl_assets.services.output import csv_row
 from etl_assets.services.storage import StoragePaths
 from etl_assets.warehouse.loading import (
     Duplicate,
     DuplicateCounts,
+    MergeCounts,
     StagingLoader,
+    analyze,
     company_rows,
     loader_for,
     orphan_skus,
-    refresh_statistics,
 )
+from etl_assets.warehouse.schema import uploads
 
 
 class _TooManyInvalid(Exception):
@@ -138,6 +140,72 @@ def _local_days(staged: pd.DataFrame, timezone: str) -> set[pd.Timestamp]:
     return set(sold_at.dt.tz_convert(timezone).dt.normalize().unique())
 
 
+def claim_batch(
+    conn: Connection, company: str, kind: str, upload_ids: list[str] | None, run_id: str
+) -> list[journal.UploadRecord]:
+    """The uploads an import step imports, in drop order, marked `processing` for its run.
+
+    The batch importer claims its batch itself, so that one upload's import then goes down
+    one way: reading, validation, loading, and the journal last.
+
+    With `upload_ids`, exactly those, whatever their status (a re-import), after checking they
+    are `kind` uploads of `company`. Without, every `received` upload of the company, plus those
+    an earlier attempt of this run touched (so a retried step reports the whole batch). Uploads
+    this run already finished (`DONE`) are returned as they are and left alone. One statement
+    for the whole batch, not a commit per upload; `finish` records each upload's own start.
+    """
+    if upload_ids is None:
+        claimed = _batch_candidates(conn, company, kind, run_id)
+    else:
+        claimed = _asked_for(conn, company, kind, upload_ids)
+    todo = [u.upload_id for u in claimed if not (u.run_id == run_id and u.status in journal.DONE)]
+    if todo:
+        conn.execute(
+            uploads.update()
+            .where(uploads.c.upload_id.in_(todo))
+            .values(
+                status="processing", started_at=journal.now_utc(), finished_at=None, run_id=run_id
+            )
+        )
+    return claimed
+
+
+def _batch_candidates(
+    conn: Connection, company: str, kind: str, run_id: str
+) -> list[journal.UploadRecord]:
+    """A company's `received` uploads of one kind, and those this run already started, in
+    drop order."""
+    rows = conn.execute(
+        select(uploads)
+        .where(uploads.c.company == company, uploads.c.kind == kind)
+        .where(or_(uploads.c.status == "received", uploads.c.run_id == run_id))
+        .order_by(*journal.DROP_ORDER)
+    ).mappings()
+    return [journal.UploadRecord(**row) for row in rows]
+
+
+def _asked_for(
+    conn: Connection, company: str, kind: str, upload_ids: list[str]
+) -> list[journal.UploadRecord]:
+    """The uploads named in a run's config, checked, in drop order; `BatchError` if any is not
+    an importable `kind` upload of `company`."""
+    rows = conn.execute(select(uploads).where(uploads.c.upload_id.in_(upload_ids))).mappings()
+    found = {row["upload_id"]: journal.UploadRecord(**row) for row in rows}
+    problems = []
+    for upload_id in dict.fromkeys(upload_ids):
+        record = found.get(upload_id)
+        if record is None or record.company != company:
+            # Another company's upload is reported as unknown: the id says nothing more.
+            problems.append(f"{upload_id!r} is not an upload of {company!r}")
+        elif record.status == "duplicate":
+            problems.append(f"{upload_id!r} is a re-drop of another upload; import that one")
+        elif record.kind != kind:
+            problems.append(f"{upload_id!r} is a {record.kind or 'rejected'} upload, not {kind}")
+    if problems:
+        raise BatchError("cannot import: " + "; ".join(problems))
+    return sorted((found[i] for i in dict.fromkeys(upload_ids)), key=journal.drop_key)
+
+
 def import_batch(
     engine: Engine,
     paths: StoragePaths,
@@ -152,19 +220,19 @@ def import_batch(
 ) -> BatchResult:
     """Import a company's uploads of one kind one after another, each in its own transaction.
 
-    `upload_ids` None means every `received` upload (see `resolve_uploads`). A rejected upload
+    `upload_ids` None means every `received` upload (see `claim_batch`). A rejected upload
     does not stop the batch; an error that is not about the data (`import_upload` re-raises it)
     does, and the step's retry skips what this run already finished. `BatchError` when the ids
     asked for cannot be imported.
     """
     started = time.perf_counter()
-    with engine.connect() as conn:
-        uploads = resolve_uploads(conn, company, kind, upload_ids, run_id)
+    with engine.begin() as conn:
+        uploads = claim_batch(conn, company, kind, upload_ids, run_id)
     batch = BatchResult(company=company, kind=kind)
     log.info(f"batch: {len(uploads)} {kind} upload(s) of {company}")
     options = options_for(company_options, company)
     for number, upload in enumerate(uploads, start=1):
-        if upload.run_id == run_id and upload.status in DONE:
+        if upload.run_id == run_id and upload.status in journal.DONE:
             log.info(f"[{number}/{len(uploads)}] {upload.upload_id}: {upload.status} earlier")
             batch.entries.append(BatchEntry.recorded(upload))
             continue
@@ -216,7 +284,6 @@ def import_upload(
     and can be retried; an interruption puts it back to `received`. Nothing is written in
     either case.
     """
-    journal.mark_processing(engine, upload_id, run_id)
     result = ImportResult(upload_id=upload_id, company=company, kind=kind)
     rejects = _RejectsWriter(rejects_path, settings.max_rejects_written)
     started = time.perf_counter()
@@ -226,10 +293,12 @@ def import_upload(
             f"({path.stat().st_size / 1e6:.1f} MB)"
         )
         with engine.begin() as conn:
-            _load(conn, path, result, rejects, options, settings, log)
+            counts = _load(conn, path, result, rejects, options, settings, log)
             result.seconds = time.perf_counter() - started
             journal.finish(conn, upload_id, result.outcome())
         result.rejects_path = rejects.keep()
+        if counts.stale_statistics:
+            analyze(engine, kind)
     except (StructuralError, _TooManyInvalid) as exc:
         if isinstance(exc, StructuralError):
             rejects.discard()
@@ -250,11 +319,9 @@ def import_upload(
         # written, so the upload goes back to `received` for the upload sensor to offer again.
         rejects.discard()
         journal.mark_interrupted(
-            engine, upload_id, f"interrupted ({type(exc).__name__}); will be offered again"
+            engine, upload_id, run_id, f"interrupted ({type(exc).__name__}); will be offered again"
         )
         raise
-    # After the journal says how the import ended: the import stands whatever happens here.
-    refresh_statistics(engine, kind, result.rows_imported)
     result.reject_sample = rejects.sample
     log.info(
         f"import {upload_id}: {result.status}, {result.rows_read:,} rows read in "
@@ -271,12 +338,20 @@ def _load(
     options: CompanyOptions,
     settings: ImportSettings,
     log: logging.Logger,
-) -> None:
+) -> MergeCounts:
     """Read, validate and stage the file, judge its rejected rows, then merge what is valid."""
     spec = KINDS[result.kind]
     header = _checked_header(path, spec, options, settings, result)
+    chunks = validate_chunks(
+        iter_chunks(path, header, spec, settings),
+        spec,
+        header.delimiter,
+        options.decimal,
+        options.date_format,
+        options.timezone,
+    )
     loader = loader_for(conn, spec)
-    invalid, days = _stage(path, header, spec, options, settings, loader, rejects, result, log)
+    invalid, days = _stage(chunks, spec, settings, loader, rejects, result, log)
     _judge_rejects(spec, loader, rejects, invalid, settings, result)
     loader.exclude_duplicates()
     if spec.name == "sales":
@@ -294,6 +369,7 @@ def _load(
     )
     if result.orphan_skus:
         result.messages.append(f"{result.orphan_skus} SKU(s) not in products yet")
+    return counts
 
 
 def _checked_header(
@@ -322,32 +398,19 @@ def _checked_header(
 
 
 def _stage(
-    path: Path,
-    header: Header,
+    chunks: Iterable[ValidatedChunk],
     spec: KindSpec,
-    options: CompanyOptions,
     settings: ImportSettings,
     loader: StagingLoader,
     rejects: _RejectsWriter,
     result: ImportResult,
     log: logging.Logger,
 ) -> tuple[int, set[pd.Timestamp]]:
-    """Validate the file chunk by chunk and stage the valid rows; the invalid rows' count and
-    the local days of the staged sales."""
-    parse = None
+    """Stage the valid rows of each validated chunk and record its problems; the invalid rows'
+    count and the local days of the staged sales."""
     invalid = 0
     days: set[pd.Timestamp] = set()
-    for number, chunk in enumerate(iter_chunks(path, header, spec, settings), start=1):
-        if parse is None:
-            parse = resolve_settings(
-                chunk,
-                spec,
-                header.delimiter,
-                options.decimal,
-                options.date_format,
-                options.timezone,
-            )
-        validated = validate_chunk(chunk, spec, parse)
+    for number, validated in enumerate(chunks, start=1):
         if spec.name == "sales":
             days |= _local_days(validated.staged, settings.timezone)
         rejects.add(validated.errors)

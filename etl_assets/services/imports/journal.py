@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import Connection, Engine, func, or_, select
+from sqlalchemy import Connection, Engine, and_, func, or_, select
 
 from etl_assets.services.scrubbing import scrub
 from etl_assets.warehouse.dialect import insert_unless_present
@@ -13,6 +13,8 @@ from etl_assets.warehouse.schema import uploads
 
 Status = Literal["received", "processing", "completed", "rejected", "failed", "duplicate"]
 UNFINISHED: tuple[Status, ...] = ("received", "processing")
+# Terminal outcomes of an import; a retry of the same step skips uploads it already ended so.
+DONE: tuple[Status, ...] = ("completed", "rejected")
 # A company's uploads are imported in the order they were dropped: file mtime, then name.
 DROP_ORDER = (
     func.coalesce(uploads.c.dropped_at, uploads.c.received_at),
@@ -58,6 +60,7 @@ class Outcome:
     rows_updated: int
     rows_rejected: int
     message: str
+    started_at: dt.datetime
     days_touched: list[str] = field(default_factory=list)
 
 
@@ -97,18 +100,6 @@ def unfinished(conn: Connection, limit: int) -> list[UploadRecord]:
     return [UploadRecord(**row) for row in rows]
 
 
-def batch_candidates(conn: Connection, company: str, kind: str, run_id: str) -> list[UploadRecord]:
-    """A company's `received` uploads of one kind, and those this run already started, in
-    drop order."""
-    rows = conn.execute(
-        select(uploads)
-        .where(uploads.c.company == company, uploads.c.kind == kind)
-        .where(or_(uploads.c.status == "received", uploads.c.run_id == run_id))
-        .order_by(*DROP_ORDER)
-    ).mappings()
-    return [UploadRecord(**row) for row in rows]
-
-
 def drop_key(record: UploadRecord) -> tuple[dt.datetime, str, str]:
     """`DROP_ORDER` for records in memory."""
     return (record.dropped_at or record.received_at, record.original_name, record.upload_id)
@@ -122,18 +113,6 @@ def count_duplicates(conn: Connection, original: UploadRecord) -> int:
         uploads.c.sha256 == original.sha256,
     )
     return int(conn.execute(query).scalar_one())
-
-
-def mark_processing(engine: Engine, upload_id: str, run_id: str | None) -> None:
-    """An import attempt starts (each retry starts again)."""
-    with engine.begin() as conn:
-        updated = conn.execute(
-            uploads.update()
-            .where(uploads.c.upload_id == upload_id)
-            .values(status="processing", started_at=now_utc(), finished_at=None, run_id=run_id)
-        ).rowcount
-    if updated != 1:
-        raise LookupError(f"upload {upload_id!r} is not in the journal")
 
 
 def mark_offered(conn: Connection, upload_id: str, message: str) -> None:
@@ -165,12 +144,18 @@ def _bounded(message: str) -> str:
     return scrub(message)[:2000]
 
 
-def mark_interrupted(engine: Engine, upload_id: str, message: str) -> None:
-    """An import attempt was stopped from outside (run terminated): offer the upload again."""
+def mark_interrupted(engine: Engine, upload_id: str, run_id: str | None, message: str) -> None:
+    """An import was stopped from outside (run terminated): the upload, and the run's other
+    uploads still `processing`, go back to `received` for the sensor to offer again."""
+    interrupted = uploads.c.upload_id == upload_id
+    if run_id is not None:
+        interrupted = or_(
+            interrupted, and_(uploads.c.run_id == run_id, uploads.c.status == "processing")
+        )
     with engine.begin() as conn:
         conn.execute(
             uploads.update()
-            .where(uploads.c.upload_id == upload_id)
+            .where(interrupted)
             .values(status="received", message=_bounded(message), finished_at=None)
         )
 
@@ -185,8 +170,9 @@ def give_up(conn: Connection, upload_id: str, message: str) -> None:
 
 
 def finish(conn: Connection, upload_id: str, outcome: Outcome) -> None:
-    """Record how an import attempt ended."""
-    conn.execute(
+    """Record how an import attempt ended; `LookupError` for an upload not in the journal
+    (raised inside the import's transaction, so nothing it wrote stays)."""
+    updated = conn.execute(
         uploads.update()
         .where(uploads.c.upload_id == upload_id)
         .values(
@@ -197,9 +183,12 @@ def finish(conn: Connection, upload_id: str, outcome: Outcome) -> None:
             rows_rejected=outcome.rows_rejected,
             message=outcome.message,
             days_touched=json.dumps(outcome.days_touched) if outcome.days_touched else None,
+            started_at=outcome.started_at,
             finished_at=now_utc(),
         )
-    )
+    ).rowcount
+    if updated != 1:
+        raise LookupError(f"upload {upload_id!r} is not in the journal")
 
 
 def mark_failed(engine: Engine, upload_id: str, message: str) -> None:

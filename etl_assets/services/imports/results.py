@@ -4,6 +4,7 @@ Plain dataclasses with no pandas, so the code location (and every run process) c
 assets that report them without importing the import machinery.
 """
 
+import datetime as dt
 import json
 from dataclasses import dataclass, field
 
@@ -64,6 +65,7 @@ class ImportResult:
     rejects_path: str | None = None
     encoding: str | None = None
     delimiter: str | None = None
+    started_at: dt.datetime = field(default_factory=journal.now_utc)
     seconds: float = 0.0
 
     @property
@@ -88,6 +90,7 @@ class ImportResult:
             rows_updated=self.rows_updated,
             rows_rejected=self.rows_rejected,
             message=self.message,
+            started_at=self.started_at,
             days_touched=self.days_touched,
         )
 

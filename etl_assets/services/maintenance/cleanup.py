@@ -1,4 +1,5 @@
-"""Retention cleanup of landing, rejected and rejects files and journal rows; never live uploads.
+"""Retention cleanup of landing, rejected and rejects files and journal rows (with their
+tenant notifications); never live uploads.
 
 A journal row goes when its `finished_at` (else `received_at`) is past the retention, its status
 is not `received`/`processing`, and no row for the same content (company + sha256) has to stay:
@@ -42,7 +43,7 @@ from sqlalchemy import (
 from etl_assets.contract import upload_suffix
 from etl_assets.services.imports.registration import REASON_SUFFIX
 from etl_assets.services.storage import StoragePaths
-from etl_assets.warehouse.schema import lock_for_writing, uploads
+from etl_assets.warehouse.schema import lock_for_writing, notifications, uploads
 
 Area = Literal["landing", "rejected", "rejects"]
 AREAS: tuple[Area, ...] = ("landing", "rejected", "rejects")
@@ -108,6 +109,9 @@ class CleanupResult:
 
     dry_run: bool
     uploads_deleted: list[str] = field(default_factory=list)
+    # Tenant notifications of the deleted rows, whatever their delivery state: an upload past
+    # the retention was notified (or given up on) long ago.
+    notifications_deleted: int = 0
     files_deleted: int = 0
     bytes_freed: int = 0
     # Planned, but referenced again by the time of deletion (e.g. the upload was re-imported).
@@ -154,7 +158,11 @@ def apply_cleanup(engine: Engine, plan: CleanupPlan, *, force: bool) -> CleanupR
                 .where(uploads.c.upload_id.in_(chunk), _removable(plan.cutoff))
                 .returning(uploads.c.upload_id)
             )
-            result.uploads_deleted += conn.execute(statement).scalars().all()
+            deleted = conn.execute(statement).scalars().all()
+            if deleted:
+                gone = delete(notifications).where(notifications.c.upload_id.in_(deleted))
+                result.notifications_deleted += conn.execute(gone).rowcount
+            result.uploads_deleted += deleted
     with engine.connect() as conn:
         references = _references(conn, plan.groups)
     unreferenced = []

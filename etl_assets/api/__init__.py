@@ -1,0 +1,1 @@
+"""The tenant HTTP API (Starlette)."""

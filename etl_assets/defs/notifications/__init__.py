@@ -1,0 +1,1 @@
+"""Notifications to tenants: a signed message when one of their uploads ends."""

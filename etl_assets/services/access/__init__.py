@@ -1,0 +1,1 @@
+"""Who may use the tenant API: per-company bearer tokens."""

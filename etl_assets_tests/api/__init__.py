@@ -1,0 +1,1 @@
+"""Tests of the tenant HTTP API against real servers."""
