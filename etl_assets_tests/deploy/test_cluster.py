@@ -8,6 +8,7 @@ it again and waits until it answers). The test of `stop` stops a small cluster o
 """
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -625,6 +626,61 @@ def test_an_upload_whose_run_failed_before_its_step_is_imported_by_a_later_run(
     assert (row["status"], row["rows_imported"]) == ("completed", 500)
     assert row["run_id"] == later[-1]
     assert 2 <= row["attempts"] <= 3
+
+
+def test_a_tenant_uploads_through_the_proxy_with_a_token_and_polls_it_to_completed(
+    cluster: Cluster, warehouse: Engine
+) -> None:
+    """The tenant API's way in: a token made with the CLI in the cluster's environment, a PUT
+    through nginx (no basic auth), and the status polled through nginx until the import ends."""
+    company = "tenant-api"
+    # As an operator would: `source .cluster/env`, then the CLI against its warehouse.
+    script = 'source "$1/env" && etl-assets token create "$2" --label cluster-test'
+    created = subprocess.run(
+        ["bash", "-c", script, "_", str(cluster.directory), company],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    token = created.stdout.strip().splitlines()[-1]
+    source = write_csv(products_frame(40, seed=21), cluster.directory / "source" / "api.csv")
+    proxy = f"http://127.0.0.1:{cluster.env['ETL_CLUSTER_PROXY_PORT']}"
+    bearer = {"Authorization": f"Bearer {token}"}
+
+    put = urllib.request.Request(
+        f"{proxy}/api/v1/uploads/products.csv",
+        data=source.read_bytes(),
+        headers=bearer,
+        method="PUT",
+    )
+    with urllib.request.urlopen(put, timeout=30) as response:
+        assert response.status == 202
+        placed = json.loads(response.read())
+    upload_id = placed["upload_id"]
+    # Built by the API from the Host and X-Forwarded-Proto nginx passed on.
+    assert placed["status_url"] == f"{proxy}/api/v1/uploads/{upload_id}"
+
+    seen: list[dict] = []
+
+    def finished() -> bool:
+        request = urllib.request.Request(placed["status_url"], headers=bearer)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            seen.append(json.loads(response.read()))
+        return seen[-1]["status"] not in ("pending", "received", "processing")
+
+    elapsed = wait_for(finished, DEADLINE_SECONDS, "the upload's status, polled through nginx")
+    print(f"cluster: the upload through the API was {seen[-1]['status']} after {elapsed:.0f}s")
+
+    assert seen[-1]["status"] == "completed", seen[-1]
+    assert (seen[-1]["upload_id"], seen[-1]["rows_imported"]) == (upload_id, 40)
+    assert _journal(warehouse, company) == ("completed", 40)
+    with warehouse.connect() as conn:
+        skus = conn.execute(
+            select(products.c.sku).where(products.c.company == company).order_by(products.c.sku)
+        ).scalars()
+        assert list(skus) == [f"SKU{i:06d}" for i in range(40)]
 
 
 def test_stop_leaves_no_process_behind(pg_admin: Engine) -> None:
