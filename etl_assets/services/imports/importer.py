@@ -227,16 +227,16 @@ def import_batch(
     """
     started = time.perf_counter()
     with engine.begin() as conn:
-        uploads = claim_batch(conn, company, kind, upload_ids, run_id)
+        claimed = claim_batch(conn, company, kind, upload_ids, run_id)
     batch = BatchResult(company=company, kind=kind)
-    log.info(f"batch: {len(uploads)} {kind} upload(s) of {company}")
+    log.info(f"batch: {len(claimed)} {kind} upload(s) of {company}")
     options = options_for(company_options, company)
-    for number, upload in enumerate(uploads, start=1):
+    for number, upload in enumerate(claimed, start=1):
         if upload.run_id == run_id and upload.status in journal.DONE:
-            log.info(f"[{number}/{len(uploads)}] {upload.upload_id}: {upload.status} earlier")
+            log.info(f"[{number}/{len(claimed)}] {upload.upload_id}: {upload.status} earlier")
             batch.entries.append(BatchEntry.recorded(upload))
             continue
-        log.info(f"[{number}/{len(uploads)}] {upload.upload_id}: {upload.original_name}")
+        log.info(f"[{number}/{len(claimed)}] {upload.upload_id}: {upload.original_name}")
         result = import_upload(
             engine,
             landing_path(paths, upload),
